@@ -1,0 +1,100 @@
+// Counter-based Philox4x32-10 (Salmon et al., SC'11) and the Box-Muller transform, shared by the CPU and CUDA
+// kernels. Everything here is a pure function of (counter, key): no state, so any thread can draw any
+// element's noise, the same numbers come out on CPU and GPU, and CUDA-graph replays need only a new offset.
+//
+// Layout of vaefast's normal noise (the contract the CPU and CUDA kernels and vaefast/ops/philox.py share):
+//   element i of a flat output draws from block g = i / 4, lane i % 4;
+//   counter = (lo(g), hi(g), lo(offset), hi(offset)), key = (lo(seed), hi(seed));
+//   lanes (0, 1) and (2, 3) are Box-Muller pairs: n0 = r cos(theta), n1 = r sin(theta).
+// One call of an op advances the generator's offset by kPhiloxOffsetIncrement: the block index lives in
+// the counter's low half, so distinct offsets never share a counter.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "macros.h"
+
+namespace vaefast {
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // golden ratio
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;  // sqrt(3) - 1
+constexpr int kPhiloxRounds = 10;
+// 32-bit randoms one block consumes (a multiple of 4, as torch's CUDA generator expects).
+constexpr uint64_t kPhiloxOffsetIncrement = 4;
+
+struct Philox4 {
+  uint32_t x[4];
+};
+
+VAEFAST_HOST_DEVICE uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
+  const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  *hi = static_cast<uint32_t>(product >> 32);
+  return static_cast<uint32_t>(product);
+}
+
+VAEFAST_HOST_DEVICE Philox4 philox4x32_10(Philox4 counter, uint32_t key0, uint32_t key1) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    uint32_t hi0, hi1;
+    const uint32_t lo0 = mulhilo32(kPhiloxM0, counter.x[0], &hi0);
+    const uint32_t lo1 = mulhilo32(kPhiloxM1, counter.x[2], &hi1);
+    counter = Philox4{{hi1 ^ counter.x[1] ^ key0, lo1, hi0 ^ counter.x[3] ^ key1, lo0}};
+    key0 += kPhiloxW0;
+    key1 += kPhiloxW1;
+  }
+  return counter;
+}
+
+// The four 32-bit randoms of block `block` for stream (seed, offset).
+VAEFAST_HOST_DEVICE Philox4 philox_block(uint64_t seed, uint64_t offset, uint64_t block) {
+  const Philox4 counter{{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+                         static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)}};
+  return philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// Maps a 32-bit integer to (0, 1]: u = (bits + 1) / 2^32, so log(u) is always finite. Exact in double;
+// in float the top values round to 1.0, which only makes log(u) = 0 (r = 0), never infinite.
+template <typename T>
+VAEFAST_HOST_DEVICE T uniform_open_closed(uint32_t bits) {
+  return (static_cast<T>(bits) + T(1)) * T(2.3283064365386962890625e-10);  // 2^-32
+}
+
+VAEFAST_HOST_DEVICE float math_log(float v) { return ::logf(v); }
+VAEFAST_HOST_DEVICE double math_log(double v) { return ::log(v); }
+VAEFAST_HOST_DEVICE float math_sqrt(float v) { return ::sqrtf(v); }
+VAEFAST_HOST_DEVICE double math_sqrt(double v) { return ::sqrt(v); }
+VAEFAST_HOST_DEVICE float math_sin(float v) { return ::sinf(v); }
+VAEFAST_HOST_DEVICE double math_sin(double v) { return ::sin(v); }
+VAEFAST_HOST_DEVICE float math_cos(float v) { return ::cosf(v); }
+VAEFAST_HOST_DEVICE double math_cos(double v) { return ::cos(v); }
+
+// Four standard normals from one Philox block, computed in precision T (float or double).
+template <typename T>
+struct Normal4 {
+  T n[4];
+};
+
+template <typename T>
+VAEFAST_HOST_DEVICE Normal4<T> box_muller4(Philox4 bits) {
+  constexpr T two_pi = T(6.283185307179586476925286766559);
+  Normal4<T> out;
+  for (int pair = 0; pair < 2; ++pair) {
+    const T radius = math_sqrt(T(-2) * math_log(uniform_open_closed<T>(bits.x[2 * pair])));
+    const T theta = two_pi * uniform_open_closed<T>(bits.x[2 * pair + 1]);
+    out.n[2 * pair] = radius * math_cos(theta);
+    out.n[2 * pair + 1] = radius * math_sin(theta);
+  }
+  return out;
+}
+
+template <typename T>
+VAEFAST_HOST_DEVICE Normal4<T> normal_block(uint64_t seed, uint64_t offset, uint64_t block) {
+  return box_muller4<T>(philox_block(seed, offset, block));
+}
+
+}  // namespace vaefast

@@ -1,0 +1,126 @@
+// What the CPU kernels share: SIMD overloads of the shared math, loads and stores that widen float16 and
+// bfloat16 to float, and a reduction whose bits do not depend on the number of threads.
+//
+// The per-element formulas in common/elementwise_math.h are templates over the arithmetic type; the
+// overloads below (declared before that header is included, so its templates see them) let the CPU loops
+// instantiate the very same formulas on at::vec::Vectorized<float|double>, with Sleef's 1-ulp exp/log/sin/
+// cos. The CUDA kernels instantiate them on float/double.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace vaefast {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+inline Vec<float> math_exp(const Vec<float>& v) { return v.exp(); }
+inline Vec<double> math_exp(const Vec<double>& v) { return v.exp(); }
+inline Vec<float> math_expm1(const Vec<float>& v) { return v.expm1(); }
+inline Vec<double> math_expm1(const Vec<double>& v) { return v.expm1(); }
+inline Vec<float> math_log(const Vec<float>& v) { return v.log(); }
+inline Vec<double> math_log(const Vec<double>& v) { return v.log(); }
+inline Vec<float> math_sqrt(const Vec<float>& v) { return v.sqrt(); }
+inline Vec<double> math_sqrt(const Vec<double>& v) { return v.sqrt(); }
+inline Vec<float> math_sin(const Vec<float>& v) { return v.sin(); }
+inline Vec<double> math_sin(const Vec<double>& v) { return v.sin(); }
+inline Vec<float> math_cos(const Vec<float>& v) { return v.cos(); }
+inline Vec<double> math_cos(const Vec<double>& v) { return v.cos(); }
+
+}  // namespace vaefast
+
+#include "../common/elementwise_math.h"
+#include "../common/philox.h"
+
+namespace vaefast {
+namespace cpu {
+
+// Loads Vec<acc>::size() elements starting at p, widened to the accumulation type.
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+inline Vec<acc> load_acc(const scalar_t* p) {
+  if constexpr (std::is_same_v<scalar_t, acc>) {
+    return Vec<acc>::loadu(p);
+  } else {
+    alignas(64) acc buffer[Vec<acc>::size()];
+    for (int64_t k = 0; k < Vec<acc>::size(); ++k) buffer[k] = static_cast<acc>(p[k]);
+    return Vec<acc>::loadu(buffer);
+  }
+}
+
+template <typename scalar_t, typename acc>
+inline void store_acc(scalar_t* p, const Vec<acc>& v) {
+  if constexpr (std::is_same_v<scalar_t, acc>) {
+    v.store(p);
+  } else {
+    alignas(64) acc buffer[Vec<acc>::size()];
+    v.store(buffer);
+    for (int64_t k = 0; k < Vec<acc>::size(); ++k) p[k] = static_cast<scalar_t>(buffer[k]);
+  }
+}
+
+// Lane sum in lane order (fixed, so results are reproducible bit for bit).
+template <typename acc>
+inline acc lane_sum(const Vec<acc>& v) {
+  alignas(64) acc buffer[Vec<acc>::size()];
+  v.store(buffer);
+  acc total = 0;
+  for (int64_t k = 0; k < Vec<acc>::size(); ++k) total += buffer[k];
+  return total;
+}
+
+// Elements per reduction work item: large enough to amortise the task, small enough that a batch of one
+// long row still spreads over every core. Fixed, so the summation order never depends on the threads.
+constexpr int64_t kReduceChunk = 8192;
+// Elements a thread should own at least (at::parallel_for's grain), about 64 KB of float32 input.
+constexpr int64_t kGrainElements = 16384;
+
+// Runs f(row, begin, end) over the [rows, cols] index space in parallel, split at row boundaries, so that
+// elementwise kernels with a per-row scalar (the gradient of a per-sample loss) spread over every core
+// even when there is a single long row.
+template <typename F>
+void parallel_row_segments(int64_t rows, int64_t cols, const F& f) {
+  at::parallel_for(0, rows * cols, kGrainElements, [&](int64_t begin, int64_t end) {
+    while (begin < end) {
+      const int64_t row = begin / cols;
+      const int64_t segment_end = std::min(end, (row + 1) * cols);
+      f(row, begin - row * cols, segment_end - row * cols);
+      begin = segment_end;
+    }
+  });
+}
+
+// Per-row sums of a [rows, cols] index space: chunk_sum(row, begin, end) is called exactly once for every
+// row and every fixed chunk [begin, end) of the columns, in parallel; the partial sums are then added in
+// chunk order. Same inputs, same bits, whatever the thread count. chunk_sum may also write elementwise
+// outputs of its chunk (the backward kernels do), so every element is touched by one thread only.
+template <typename acc, typename ChunkSum>
+void deterministic_row_sums(int64_t rows, int64_t cols, const ChunkSum& chunk_sum, acc* row_totals) {
+  const int64_t chunks = std::max<int64_t>(1, (cols + kReduceChunk - 1) / kReduceChunk);
+  const int64_t chunk_cols = std::max<int64_t>(1, std::min(cols, kReduceChunk));
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / chunk_cols);
+  std::vector<acc> partial(chunks > 1 ? rows * chunks : 0);
+  acc* out = chunks > 1 ? partial.data() : row_totals;
+  at::parallel_for(0, rows * chunks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / chunks;
+      const int64_t chunk = item % chunks;
+      out[item] = chunk_sum(row, chunk * kReduceChunk, std::min(cols, (chunk + 1) * kReduceChunk));
+    }
+  });
+  if (chunks > 1) {
+    for (int64_t row = 0; row < rows; ++row) {
+      acc total = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partial[row * chunks + chunk];
+      row_totals[row] = total;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace vaefast
