@@ -20,14 +20,14 @@ struct ReparameterizeParams {
   uint64_t offset = 0;
 };
 
-// grad_mu[i] = sum_s grad_z[s, i];  grad_logvar[i] = sum_s 0.5 * grad_z[s, i] * (z[s, i] - mu[i]).
+// grad_logvar[i] = sum_s 0.5 * grad_z[s, i] * (z[s, i] - mu[i]). (grad_mu = sum_s grad_z[s, i] needs no
+// kernel: it is grad_z itself for one sample, a plain sum over samples otherwise.)
 template <typename scalar_t>
 struct ReparameterizeBackwardParams {
   const scalar_t* grad_z = nullptr;  // [num_samples, numel]
   const scalar_t* z = nullptr;       // [num_samples, numel]
   const scalar_t* mu = nullptr;      // [numel]
-  scalar_t* grad_mu = nullptr;       // [numel], nullptr when not needed
-  scalar_t* grad_logvar = nullptr;   // [numel], nullptr when not needed
+  scalar_t* grad_logvar = nullptr;   // [numel]
   int64_t numel = 0;
   int64_t num_samples = 1;
 };

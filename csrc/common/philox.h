@@ -73,6 +73,18 @@ VAEFAST_HOST_DEVICE double math_sin(double v) { return ::sin(v); }
 VAEFAST_HOST_DEVICE float math_cos(float v) { return ::cosf(v); }
 VAEFAST_HOST_DEVICE double math_cos(double v) { return ::cos(v); }
 
+// Box-Muller: (r cos theta, r sin theta) with r = sqrt(-2 log u1), theta = 2 pi u2. Templates on the
+// arithmetic type, so the CPU kernels run them on SIMD vectors and the CUDA kernels on float/double.
+template <typename T>
+VAEFAST_HOST_DEVICE T box_muller_radius(T u1) {
+  return math_sqrt(T(-2) * math_log(u1));
+}
+
+template <typename T>
+VAEFAST_HOST_DEVICE T box_muller_angle(T u2) {
+  return T(6.283185307179586476925286766559) * u2;
+}
+
 // Four standard normals from one Philox block, computed in precision T (float or double).
 template <typename T>
 struct Normal4 {
@@ -81,11 +93,10 @@ struct Normal4 {
 
 template <typename T>
 VAEFAST_HOST_DEVICE Normal4<T> box_muller4(Philox4 bits) {
-  constexpr T two_pi = T(6.283185307179586476925286766559);
   Normal4<T> out;
   for (int pair = 0; pair < 2; ++pair) {
-    const T radius = math_sqrt(T(-2) * math_log(uniform_open_closed<T>(bits.x[2 * pair])));
-    const T theta = two_pi * uniform_open_closed<T>(bits.x[2 * pair + 1]);
+    const T radius = box_muller_radius(uniform_open_closed<T>(bits.x[2 * pair]));
+    const T theta = box_muller_angle(uniform_open_closed<T>(bits.x[2 * pair + 1]));
     out.n[2 * pair] = radius * math_cos(theta);
     out.n[2 * pair + 1] = radius * math_sin(theta);
   }

@@ -1,5 +1,7 @@
 """vaefast's fused ops. Each op has one module here (wrapper, fake kernel, autograd registration) and a
 pure-PyTorch twin in reference.py."""
 from .gaussian_kl import gaussian_kl
+from .gaussian_nll import gaussian_nll
+from .reparameterize import reparameterize, reparameterize_philox
 
-__all__ = ["gaussian_kl"]
+__all__ = ["gaussian_kl", "gaussian_nll", "reparameterize", "reparameterize_philox"]

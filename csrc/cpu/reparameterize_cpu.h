@@ -1,0 +1,122 @@
+// CPU kernels of vaefast::reparameterize. Forward reads mu and logvar and writes z, drawing eps in
+// registers from Philox (nothing else touches memory); backward reads grad_z, z and mu and writes
+// grad_logvar (12 + 4 bytes per float32 element instead of eager autograd's ~5 passes).
+#pragma once
+
+#include "../common/params.h"
+#include "cpu_common.h"
+
+namespace vaefast {
+namespace cpu {
+
+// Output elements one task draws at a time: 64 Philox blocks, whose normals stay in an L1-resident buffer
+// between the Box-Muller pass and the z pass.
+constexpr int64_t kNoiseTile = 256;
+
+// Standard normals for flat output elements [first, first + count) of stream (seed, offset), into eps.
+// first is a multiple of 4 (tiles are), so the tile starts on a Philox block.
+template <typename acc>
+void draw_normals(uint64_t seed, uint64_t offset, int64_t first, int64_t count, acc* eps) {
+  constexpr int64_t width = Vec<acc>::size();
+  alignas(64) acc u1[kNoiseTile / 2];
+  alignas(64) acc u2[kNoiseTile / 2];
+  const int64_t blocks = (count + 3) / 4;
+  for (int64_t block = 0; block < blocks; ++block) {
+    const Philox4 bits = philox_block(seed, offset, static_cast<uint64_t>(first / 4 + block));
+    u1[2 * block] = uniform_open_closed<acc>(bits.x[0]);
+    u2[2 * block] = uniform_open_closed<acc>(bits.x[1]);
+    u1[2 * block + 1] = uniform_open_closed<acc>(bits.x[2]);
+    u2[2 * block + 1] = uniform_open_closed<acc>(bits.x[3]);
+  }
+  const int64_t pairs = 2 * blocks;
+  for (int64_t q = pairs; q % width != 0; ++q) {  // pad the last vector with harmless values (u = 1: r = 0)
+    u1[q] = acc(1);
+    u2[q] = acc(0);
+  }
+  alignas(64) acc cosines[width];
+  alignas(64) acc sines[width];
+  for (int64_t q = 0; q < pairs; q += width) {
+    const Vec<acc> radius = box_muller_radius(Vec<acc>::loadu(u1 + q));
+    const Vec<acc> theta = box_muller_angle(Vec<acc>::loadu(u2 + q));
+    (radius * math_cos(theta)).store(cosines);
+    (radius * math_sin(theta)).store(sines);
+    for (int64_t k = 0; k < width && q + k < pairs; ++k) {
+      eps[2 * (q + k)] = cosines[k];
+      eps[2 * (q + k) + 1] = sines[k];
+    }
+  }
+}
+
+template <typename scalar_t>
+void reparameterize_forward(const ReparameterizeParams<scalar_t>& p) {
+  using acc = acc_t<scalar_t>;
+  constexpr int64_t width = Vec<acc>::size();
+  const int64_t total = p.numel * p.num_samples;
+  // z[t] for flat t in [begin, end), where eps_at(t) yields eps[t] as a Vec or a scalar.
+  auto write_z = [&](int64_t begin, int64_t end, auto&& eps_vec, auto&& eps_scalar) {
+    while (begin < end) {  // split at sample boundaries: mu and logvar repeat for every sample
+      const int64_t i0 = begin % p.numel;
+      const int64_t segment_end = std::min(end, begin - i0 + p.numel);
+      int64_t t = begin;
+      for (; t + width <= segment_end; t += width) {
+        const int64_t i = i0 + (t - begin);
+        store_acc(p.z + t, reparameterize_value(load_acc(p.mu + i), load_acc(p.logvar + i), eps_vec(t)));
+      }
+      for (; t < segment_end; ++t) {
+        const int64_t i = i0 + (t - begin);
+        p.z[t] = static_cast<scalar_t>(reparameterize_value(static_cast<acc>(p.mu[i]),
+                                                            static_cast<acc>(p.logvar[i]), eps_scalar(t)));
+      }
+      begin = segment_end;
+    }
+  };
+  if (p.eps != nullptr) {
+    at::parallel_for(0, total, kGrainElements, [&](int64_t begin, int64_t end) {
+      write_z(begin, end, [&](int64_t t) { return load_acc(p.eps + t); },
+              [&](int64_t t) { return static_cast<acc>(p.eps[t]); });
+    });
+    return;
+  }
+  const int64_t tiles = (total + kNoiseTile - 1) / kNoiseTile;
+  at::parallel_for(0, tiles, std::max<int64_t>(1, kGrainElements / kNoiseTile), [&](int64_t tile_begin,
+                                                                                  int64_t tile_end) {
+    alignas(64) acc eps[kNoiseTile];
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const int64_t first = tile * kNoiseTile;
+      const int64_t count = std::min(kNoiseTile, total - first);
+      draw_normals(p.seed, p.offset, first, count, eps);
+      write_z(first, first + count, [&](int64_t t) { return Vec<acc>::loadu(eps + (t - first)); },
+              [&](int64_t t) { return eps[t - first]; });
+    }
+  });
+}
+
+template <typename scalar_t>
+void reparameterize_backward(const ReparameterizeBackwardParams<scalar_t>& p) {
+  using acc = acc_t<scalar_t>;
+  constexpr int64_t width = Vec<acc>::size();
+  at::parallel_for(0, p.numel, kGrainElements, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + width <= end; i += width) {
+      const Vec<acc> mu = load_acc(p.mu + i);
+      Vec<acc> grad_logvar(acc(0));
+      for (int64_t s = 0; s < p.num_samples; ++s) {
+        const int64_t t = s * p.numel + i;
+        grad_logvar += reparameterize_grad_logvar(load_acc(p.grad_z + t), load_acc(p.z + t), mu);
+      }
+      store_acc(p.grad_logvar + i, grad_logvar);
+    }
+    for (; i < end; ++i) {
+      const acc mu = static_cast<acc>(p.mu[i]);
+      acc grad_logvar = 0;
+      for (int64_t s = 0; s < p.num_samples; ++s) {
+        const int64_t t = s * p.numel + i;
+        grad_logvar += reparameterize_grad_logvar(static_cast<acc>(p.grad_z[t]), static_cast<acc>(p.z[t]), mu);
+      }
+      p.grad_logvar[i] = static_cast<scalar_t>(grad_logvar);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace vaefast

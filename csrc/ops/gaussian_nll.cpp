@@ -1,0 +1,130 @@
+// vaefast::gaussian_nll: per-sample -log N(x | x_hat, gamma^2 I), gamma = exp(log_gamma), and its backward.
+#include "../cpu/gaussian_nll_cpu.h"
+#include "op_common.h"
+
+#include <ATen/Dispatch.h>
+
+namespace vaefast {
+namespace ops {
+namespace {
+
+// log_gamma mapped onto the kernel's layout: the tensor the kernel reads, and how to bring its gradient
+// back to log_gamma's own shape.
+struct LogGammaPlan {
+  LogGammaLayout layout;
+  at::Tensor values;  // [1], [B], [features] or [B, features], contiguous
+};
+
+LogGammaPlan plan_log_gamma(const at::Tensor& log_gamma, const at::Tensor& x) {
+  if (log_gamma.numel() == 1) return {LogGammaLayout::kScalar, log_gamma.reshape({1}).contiguous()};
+  if (log_gamma.dim() == 1 && log_gamma.size(0) == x.size(0)) {
+    return {LogGammaLayout::kPerSample, log_gamma.contiguous()};
+  }
+  TORCH_CHECK(log_gamma.dim() <= x.dim() && at::infer_size(log_gamma.sizes(), x.sizes()) == x.sizes(),
+              "log_gamma must be a scalar, [B] = [", x.size(0), "] or broadcastable to x ", x.sizes(), "; got ",
+              log_gamma.sizes());
+  // Left-pad to x's rank; a leading size of 1 means the same values for every sample.
+  std::vector<int64_t> padded(x.dim() - log_gamma.dim(), 1);
+  padded.insert(padded.end(), log_gamma.sizes().begin(), log_gamma.sizes().end());
+  const at::Tensor aligned = log_gamma.reshape(padded);
+  if (padded[0] == 1) {
+    return {LogGammaLayout::kPerFeature, aligned.select(0, 0).expand(x.sizes().slice(1)).contiguous().reshape(-1)};
+  }
+  return {LogGammaLayout::kFull, aligned.expand(x.sizes()).contiguous()};
+}
+
+void check_nll_inputs(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {
+  check_min_rank(x, "x", 1, "[B, ...]");
+  check_floating(x, "x");
+  check_like(x_hat, "x_hat", x, "x");
+  TORCH_CHECK(log_gamma.device() == x.device() && log_gamma.scalar_type() == x.scalar_type(),
+              "log_gamma must have x's device and dtype (", x.device(), ", ", x.scalar_type(), "); got ",
+              log_gamma.device(), ", ", log_gamma.scalar_type());
+  TORCH_CHECK(x.device().is_cpu(), "vaefast::gaussian_nll: no kernel for device ", x.device());
+}
+
+// x, x_hat [B, ...]; log_gamma scalar, [B] or broadcastable to x -> [B]
+at::Tensor gaussian_nll(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {
+  check_nll_inputs(x, x_hat, log_gamma);
+  const LogGammaPlan plan = plan_log_gamma(log_gamma, x);
+  const BatchView view = batch_view(x);
+  at::Tensor per_sample = at::zeros({view.batch}, x.options());
+  if (view.batch == 0 || view.features == 0) return per_sample;
+  const at::Tensor x_c = x.contiguous();
+  const at::Tensor x_hat_c = x_hat.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll", [&] {
+    GaussianNllParams<scalar_t> params;
+    params.x = x_c.const_data_ptr<scalar_t>();
+    params.x_hat = x_hat_c.const_data_ptr<scalar_t>();
+    params.log_gamma = plan.values.const_data_ptr<scalar_t>();
+    params.per_sample = per_sample.mutable_data_ptr<scalar_t>();
+    params.batch = view.batch;
+    params.features = view.features;
+    params.layout = plan.layout;
+    cpu::gaussian_nll_forward(params);
+  });
+  return per_sample;
+}
+
+// grad [B] -> (grad_x_hat shaped like x, grad_log_gamma shaped like log_gamma). grad_x = -grad_x_hat.
+std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                         const at::Tensor& x_hat, const at::Tensor& log_gamma) {
+  check_nll_inputs(x, x_hat, log_gamma);
+  const LogGammaPlan plan = plan_log_gamma(log_gamma, x);
+  const BatchView view = batch_view(x);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == view.batch, "grad must have shape [", view.batch,
+              "] (one value per sample); got ", grad.sizes());
+  at::Tensor grad_x_hat = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor grad_values = at::zeros_like(plan.values);
+  if (view.batch > 0 && view.features > 0) {
+    const at::Tensor grad_c = grad.to(x.scalar_type()).contiguous();
+    const at::Tensor x_c = x.contiguous();
+    const at::Tensor x_hat_c = x_hat.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll_backward",
+                                    [&] {
+      GaussianNllBackwardParams<scalar_t> params;
+      params.grad = grad_c.const_data_ptr<scalar_t>();
+      params.x = x_c.const_data_ptr<scalar_t>();
+      params.x_hat = x_hat_c.const_data_ptr<scalar_t>();
+      params.log_gamma = plan.values.const_data_ptr<scalar_t>();
+      params.grad_x_hat = grad_x_hat.mutable_data_ptr<scalar_t>();
+      params.grad_log_gamma = grad_values.mutable_data_ptr<scalar_t>();
+      params.batch = view.batch;
+      params.features = view.features;
+      params.layout = plan.layout;
+      cpu::gaussian_nll_backward(params);
+    });
+  }
+  at::Tensor grad_log_gamma;
+  switch (plan.layout) {
+    case LogGammaLayout::kScalar:
+    case LogGammaLayout::kPerSample:
+      grad_log_gamma = grad_values.reshape(log_gamma.sizes());
+      break;
+    case LogGammaLayout::kPerFeature: {
+      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+      shape[0] = 1;
+      grad_log_gamma = grad_values.reshape(shape).sum_to_size(log_gamma.sizes()).contiguous();
+      break;
+    }
+    case LogGammaLayout::kFull:
+      grad_log_gamma = grad_values.sum_to_size(log_gamma.sizes()).contiguous();
+      break;
+  }
+  return {grad_x_hat, grad_log_gamma};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(vaefast, m) {
+  m.def("gaussian_nll(Tensor x, Tensor x_hat, Tensor log_gamma) -> Tensor");
+  m.def("gaussian_nll_backward(Tensor grad, Tensor x, Tensor x_hat, Tensor log_gamma) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(vaefast, CPU, m) {
+  m.impl("gaussian_nll", &gaussian_nll);
+  m.impl("gaussian_nll_backward", &gaussian_nll_backward);
+}
+
+}  // namespace ops
+}  // namespace vaefast

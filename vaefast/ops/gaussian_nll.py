@@ -1,0 +1,57 @@
+"""vaefast.gaussian_nll: the learned-gamma Gaussian NLL of Dai & Wipf's Two-Stage VAE, fused."""
+import torch
+
+from .. import _backend
+from . import checks, reference
+
+if _backend._C is not None:
+
+    @torch.library.register_fake("vaefast::gaussian_nll")
+    def _(x, x_hat, log_gamma):
+        return x.new_empty((x.shape[0],))
+
+    @torch.library.register_fake("vaefast::gaussian_nll_backward")
+    def _(grad, x, x_hat, log_gamma):
+        return (
+            torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(log_gamma, memory_format=torch.contiguous_format),
+        )
+
+    def _setup_context(ctx, inputs, output):
+        x, x_hat, log_gamma = inputs
+        ctx.save_for_backward(x, x_hat, log_gamma)
+
+    def _backward(ctx, grad):
+        x, x_hat, log_gamma = ctx.saved_tensors
+        grad_x_hat, grad_log_gamma = torch.ops.vaefast.gaussian_nll_backward(grad, x, x_hat, log_gamma)
+        grad_x = -grad_x_hat if ctx.needs_input_grad[0] else None  # d/dx = -d/dx_hat, only when asked
+        return grad_x, grad_x_hat, grad_log_gamma
+
+    torch.library.register_autograd("vaefast::gaussian_nll", _backward, setup_context=_setup_context)
+
+
+def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):
+    """-log N(x | x_hat, gamma^2 I) per sample, with gamma = exp(log_gamma) the decoder's standard deviation.
+
+    x, x_hat: [B, ...] (same shape). Per sample, summed over every dimension but the first:
+    ``sum_i (x_i - x_hat_i)^2 / (2 gamma^2) + log_gamma + 0.5 log(2 pi)``.
+    log_gamma: a 0-dim (or one-element) tensor, the Two-Stage VAE's shared scalar; [B], one per sample; or
+    any shape broadcastable to x (per feature or pixel, e.g. [1, C, H, W] or [C, 1, 1]). A 1-D log_gamma
+    of length B is per sample; write a per-feature one with its batch dimension ([1, D]) when D == B.
+    Its gradient comes back in its own shape.
+    reduction: "none" -> [B]; "sum" or "mean" over the batch -> 0-dim.
+    Gradients flow to x_hat, log_gamma and x. Forward reads x and x_hat once; backward reads them again
+    and writes grad_x_hat, reducing grad_log_gamma on the way.
+    """
+    checks.tensor(x, "x")
+    checks.tensor(x_hat, "x_hat")
+    checks.tensor(log_gamma, "log_gamma")
+    checks.reduction(reduction)
+    checks.same_device({"x": x, "x_hat": x_hat, "log_gamma": log_gamma})
+    checks.min_rank(x, "x", 1, "[B, ...]")
+    checks.same_shape(x_hat, "x_hat", x, "x")
+    checks.log_gamma_shape(log_gamma, x)
+    x, x_hat, log_gamma = checks.promote(x, x_hat, log_gamma)
+    if _backend.compiled("gaussian_nll", x.device):
+        return reference.reduce_per_sample(torch.ops.vaefast.gaussian_nll(x, x_hat, log_gamma), reduction)
+    return reference.gaussian_nll(x, x_hat, log_gamma, reduction=reduction)
