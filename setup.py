@@ -70,5 +70,6 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
+    extras_require={"test": ["pytest", "hypothesis", "scipy", "numpy"]},
     entry_points={"console_scripts": ["vaefast=vaefast.__main__:main"]},
 )

@@ -14,35 +14,48 @@ namespace cpu {
 constexpr int64_t kNoiseTile = 256;
 
 // Standard normals for flat output elements [first, first + count) of stream (seed, offset), into eps.
-// first is a multiple of 4 (tiles are), so the tile starts on a Philox block.
+// first is a multiple of 4 (tiles are), so the tile starts on a Philox block. The 64 blocks of a tile are
+// kept as four word arrays so that the compiler vectorises the rounds across blocks (32x32->64-bit
+// multiplies map onto vpmuludq), and Box-Muller runs on SIMD vectors of blocks.
 template <typename acc>
 void draw_normals(uint64_t seed, uint64_t offset, int64_t first, int64_t count, acc* eps) {
+  constexpr int64_t kBlocks = kNoiseTile / 4;
   constexpr int64_t width = Vec<acc>::size();
-  alignas(64) acc u1[kNoiseTile / 2];
-  alignas(64) acc u2[kNoiseTile / 2];
+  static_assert(kBlocks % width == 0, "the block arrays are processed in whole vectors");
+  alignas(64) uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks];
+  const uint64_t first_block = static_cast<uint64_t>(first / 4);
+  for (int64_t k = 0; k < kBlocks; ++k) {
+    c0[k] = static_cast<uint32_t>(first_block + k);
+    c1[k] = static_cast<uint32_t>((first_block + k) >> 32);
+    c2[k] = static_cast<uint32_t>(offset);
+    c3[k] = static_cast<uint32_t>(offset >> 32);
+  }
+  uint32_t key0 = static_cast<uint32_t>(seed);
+  uint32_t key1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    for (int64_t k = 0; k < kBlocks; ++k) philox_round(c0[k], c1[k], c2[k], c3[k], key0, key1);
+    key0 += kPhiloxW0;
+    key1 += kPhiloxW1;
+  }
+  // Lanes (0, 1) and (2, 3) of every block are Box-Muller pairs.
+  alignas(64) acc u[4][kBlocks];
+  for (int64_t k = 0; k < kBlocks; ++k) {
+    u[0][k] = uniform_open_closed<acc>(c0[k]);
+    u[1][k] = uniform_open_closed<acc>(c1[k]);
+    u[2][k] = uniform_open_closed<acc>(c2[k]);
+    u[3][k] = uniform_open_closed<acc>(c3[k]);
+  }
   const int64_t blocks = (count + 3) / 4;
-  for (int64_t block = 0; block < blocks; ++block) {
-    const Philox4 bits = philox_block(seed, offset, static_cast<uint64_t>(first / 4 + block));
-    u1[2 * block] = uniform_open_closed<acc>(bits.x[0]);
-    u2[2 * block] = uniform_open_closed<acc>(bits.x[1]);
-    u1[2 * block + 1] = uniform_open_closed<acc>(bits.x[2]);
-    u2[2 * block + 1] = uniform_open_closed<acc>(bits.x[3]);
-  }
-  const int64_t pairs = 2 * blocks;
-  for (int64_t q = pairs; q % width != 0; ++q) {  // pad the last vector with harmless values (u = 1: r = 0)
-    u1[q] = acc(1);
-    u2[q] = acc(0);
-  }
-  alignas(64) acc cosines[width];
-  alignas(64) acc sines[width];
-  for (int64_t q = 0; q < pairs; q += width) {
-    const Vec<acc> radius = box_muller_radius(Vec<acc>::loadu(u1 + q));
-    const Vec<acc> theta = box_muller_angle(Vec<acc>::loadu(u2 + q));
-    (radius * math_cos(theta)).store(cosines);
-    (radius * math_sin(theta)).store(sines);
-    for (int64_t k = 0; k < width && q + k < pairs; ++k) {
-      eps[2 * (q + k)] = cosines[k];
-      eps[2 * (q + k) + 1] = sines[k];
+  for (int64_t k = 0; k < blocks; k += width) {
+    alignas(64) acc normals[4][width];
+    for (int pair = 0; pair < 2; ++pair) {
+      const Vec<acc> radius = box_muller_radius(Vec<acc>::loadu(u[2 * pair] + k));
+      const Vec<acc> theta = box_muller_angle(Vec<acc>::loadu(u[2 * pair + 1] + k));
+      (radius * math_cos(theta)).store(normals[2 * pair]);
+      (radius * math_sin(theta)).store(normals[2 * pair + 1]);
+    }
+    for (int64_t lane = 0; lane < width && k + lane < blocks; ++lane) {
+      for (int word = 0; word < 4; ++word) eps[4 * (k + lane) + word] = normals[word][lane];
     }
   }
 }
