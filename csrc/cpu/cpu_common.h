@@ -80,16 +80,27 @@ constexpr int64_t kReduceChunk = 8192;
 // Elements a thread should own at least (at::parallel_for's grain), about 64 KB of float32 input.
 constexpr int64_t kGrainElements = 16384;
 
+// Columns at which parallel_row_segments may split a row: a multiple of every Vectorized width (at most 64
+// lanes), so each element falls in a kernel's vector body or its scalar tail whatever the thread count.
+// The two paths round differently (Sleef vs libm, 1 ulp apart for ~1 input in 10), so a split at an
+// arbitrary column made an element's bits depend on the number of threads.
+constexpr int64_t kSegmentAlign = 64;
+static_assert(kSegmentAlign % Vec<float>::size() == 0 && kSegmentAlign % Vec<double>::size() == 0,
+              "row segments must split at whole vectors");
+
 // Runs f(row, begin, end) over the [rows, cols] index space in parallel, split at row boundaries, so that
 // elementwise kernels with a per-row scalar (the gradient of a per-sample loss) spread over every core
-// even when there is a single long row.
+// even when there is a single long row. Within a row, segments start at multiples of kSegmentAlign.
 template <typename F>
 void parallel_row_segments(int64_t rows, int64_t cols, const F& f) {
-  at::parallel_for(0, rows * cols, kGrainElements, [&](int64_t begin, int64_t end) {
+  const int64_t blocks_per_row = (cols + kSegmentAlign - 1) / kSegmentAlign;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, std::min(cols, kSegmentAlign)));
+  at::parallel_for(0, rows * blocks_per_row, grain, [&](int64_t begin, int64_t end) {
     while (begin < end) {
-      const int64_t row = begin / cols;
-      const int64_t segment_end = std::min(end, (row + 1) * cols);
-      f(row, begin - row * cols, segment_end - row * cols);
+      const int64_t row = begin / blocks_per_row;
+      const int64_t segment_end = std::min(end, (row + 1) * blocks_per_row);
+      f(row, (begin - row * blocks_per_row) * kSegmentAlign,
+        std::min(cols, (segment_end - row * blocks_per_row) * kSegmentAlign));
       begin = segment_end;
     }
   });
