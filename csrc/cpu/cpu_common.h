@@ -88,6 +88,15 @@ constexpr int64_t kSegmentAlign = 64;
 static_assert(kSegmentAlign % Vec<float>::size() == 0 && kSegmentAlign % Vec<double>::size() == 0,
               "row segments must split at whole vectors");
 
+// at::parallel_for over the flat range [0, total), split only at multiples of kSegmentAlign.
+template <typename F>
+void parallel_for_aligned(int64_t total, const F& f) {
+  const int64_t blocks = (total + kSegmentAlign - 1) / kSegmentAlign;
+  at::parallel_for(0, blocks, kGrainElements / kSegmentAlign, [&](int64_t begin, int64_t end) {
+    f(begin * kSegmentAlign, std::min(total, end * kSegmentAlign));
+  });
+}
+
 // Runs f(row, begin, end) over the [rows, cols] index space in parallel, split at row boundaries, so that
 // elementwise kernels with a per-row scalar (the gradient of a per-sample loss) spread over every core
 // even when there is a single long row. Within a row, segments start at multiples of kSegmentAlign.

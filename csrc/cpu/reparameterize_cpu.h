@@ -84,7 +84,7 @@ void reparameterize_forward(const ReparameterizeParams<scalar_t>& p) {
     }
   };
   if (p.eps != nullptr) {
-    at::parallel_for(0, total, kGrainElements, [&](int64_t begin, int64_t end) {
+    parallel_for_aligned(total, [&](int64_t begin, int64_t end) {
       write_z(begin, end, [&](int64_t t) { return load_acc(p.eps + t); },
               [&](int64_t t) { return static_cast<acc>(p.eps[t]); });
     });
@@ -108,7 +108,7 @@ template <typename scalar_t>
 void reparameterize_backward(const ReparameterizeBackwardParams<scalar_t>& p) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t width = Vec<acc>::size();
-  at::parallel_for(0, p.numel, kGrainElements, [&](int64_t begin, int64_t end) {
+  parallel_for_aligned(p.numel, [&](int64_t begin, int64_t end) {
     int64_t i = begin;
     for (; i + width <= end; i += width) {
       const Vec<acc> mu = load_acc(p.mu + i);
