@@ -32,7 +32,7 @@ def log(message):
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no compile provider at the large sizes")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="results folder")
+    parser.add_argument("--out", metavar="DIR", default=os.path.join("benchmarks", "results"), help="results folder")
     parser.add_argument("--ops", default=",".join(CASE_MODULES),
                         help=f"comma-separated subset of {','.join(CASE_MODULES)}")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
