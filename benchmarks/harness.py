@@ -1,0 +1,218 @@
+"""The measuring half of the benchmarks: what a case is, the round-robin timing loop, the peak-memory probe,
+the copy-bandwidth yardstick and the machine facts every results file carries. It knows no op; the op
+files (reparameterize.py, gaussian_kl.py, ...) describe cases and run.py drives them.
+"""
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+from torch._C._profiler import _EventType
+
+import vaefast
+
+MODES = ("forward", "forward+backward")
+FLOAT32_BYTES = 4
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark row group: the same inputs handed to every provider, in both modes."""
+
+    name: str  # row label, e.g. "gaussian_kl large"
+    op: str  # the --ops selector: reparameterize, kl, nll, mmd, loss_head
+    shape: str  # the sizes, as the table prints them
+    inputs: dict  # argument name -> tensor, passed positionally (in this order) to every provider
+    providers: dict  # "vaefast" / "eager" -> fn(*inputs) -> output; run.py adds "compile" from "eager"
+    grad_inputs: tuple  # names of the inputs the backward differentiates
+    upstream: torch.Tensor = None  # fixed random gradient for a tensor output; None for a scalar loss
+    bytes_moved: dict = None  # mode -> bytes one call must move at the least (memory-bound ops)
+    flops: dict = None  # mode -> nominal FLOPs of one call (compute-bound ops)
+    measure_memory: bool = False  # probe the peak extra memory of each provider
+    large: bool = False  # the compile provider is skipped here under --quick
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def make_step(fn, case, mode):
+    """A no-argument callable running one forward (inputs that need grad do, as in training: the graph is
+    built and dropped) or one forward and backward of fn on the case's inputs."""
+    args = tuple(case.inputs.values())
+    if mode == "forward":
+        def step():
+            fn(*args)
+        return step
+    # autograd.grad rather than .backward(): the same kernels run, and no .grad accumulates between calls.
+    wrt = tuple(case.inputs[name] for name in case.grad_inputs)
+
+    def step():
+        torch.autograd.grad(fn(*args), wrt, grad_outputs=case.upstream)
+    return step
+
+
+@dataclasses.dataclass
+class Timing:
+    samples_ms: list  # one per repeat: the mean over `inner` back-to-back calls
+    inner: int
+
+    def quartiles(self):
+        if len(self.samples_ms) == 1:
+            return self.samples_ms * 3
+        return statistics.quantiles(self.samples_ms, n=4, method="inclusive")
+
+    @property
+    def median_ms(self):
+        return self.quartiles()[1]
+
+    @property
+    def iqr_ms(self):
+        q1, _, q3 = self.quartiles()
+        return q3 - q1
+
+
+def first_call_seconds(step):
+    """Wall time of one call: for the compile provider the first call is the compilation."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def time_round_robin(steps, repeats, warmup, min_sample_s):
+    """steps: provider -> no-argument callable. Each repeat times every provider once, in an order rotated
+    by one per repeat, so that drift (another job starting, the CPU clocking down) hits all providers alike
+    and none always runs right after the same neighbour. A sample is the mean of `inner` back-to-back
+    calls, with inner chosen per provider so that a sample lasts at least min_sample_s (a 10 us kernel
+    timed alone would measure perf_counter and Python, not the kernel)."""
+    inner = {}
+    for name, step in steps.items():
+        for _ in range(warmup):
+            step()
+        single = first_call_seconds(step)
+        if single < min_sample_s:  # a short call is noisy: take the fastest of a few (a long one costs time)
+            single = min(single, *(first_call_seconds(step) for _ in range(2)))
+        inner[name] = max(1, math.ceil(min_sample_s / max(single, 1e-7)))
+    names = list(steps)
+    samples = {name: [] for name in names}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection in one provider's sample would be charged to that provider alone
+    try:
+        for repeat in range(repeats):
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                step, calls = steps[name], inner[name]
+                start = time.perf_counter()
+                for _ in range(calls):
+                    step()
+                samples[name].append((time.perf_counter() - start) / calls * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: Timing(samples[name], inner[name]) for name in names}
+
+
+MEMORY_METHOD = (
+    "torch.profiler.profile(profile_memory=True): peak of the running sum of the allocation events of one "
+    "call (everything allocated through torch's CPU allocator, outputs and gradients included) above what "
+    "was live before it; no clock involved. Scratch a kernel takes with malloc/new outside torch's "
+    "allocator is not seen."
+)
+
+
+def peak_extra_bytes(step):
+    """Peak bytes allocated through torch's CPU allocator during one call of step, above the bytes live
+    before it (see MEMORY_METHOD)."""
+    gc.collect()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = []
+
+    def walk(nodes):
+        for node in nodes:
+            if node.tag == _EventType.Allocation:
+                events.append((node.start_time_ns, node.extra_fields.alloc_size))  # negative: a free
+            walk(node.children)
+
+    walk(prof.profiler.kineto_results.experimental_event_tree())
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def copy_bandwidth_gbs(numel, repeats):
+    """GB/s of dst.copy_(src) on float32 tensors of numel elements (bytes read + bytes written): the
+    machine's practical memory bandwidth at this thread count, the yardstick of the memory-bound ops.
+    dst is written once before timing, so page faults are not in it."""
+    src = torch.rand(numel)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * numel * FLOAT32_BYTES / statistics.median(times) / 1e9
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def cache_size(level):
+    """Size of the CPU's cache at `level` as the kernel reports it ("32768K"), or "unknown". The large
+    cases' inputs (16 MiB per tensor) can partly stay in a big last-level cache between calls, which lets a
+    fused op beat the DRAM copy bandwidth."""
+    try:
+        for index in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")):
+            folder = os.path.join("/sys/devices/system/cpu/cpu0/cache", index)
+            with open(os.path.join(folder, "level")) as handle:
+                if handle.read().strip() != str(level):
+                    continue
+            with open(os.path.join(folder, "size")) as handle:
+                return handle.read().strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def git_commit():
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info(threads):
+    """The facts a reader needs to judge the numbers: hardware, software, build, threads, load."""
+    info = vaefast.backend_info()
+    build = info.get("build", {})
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores available": len(os.sched_getaffinity(0)),
+        "L3 cache": cache_size(3),
+        "threads (torch.set_num_threads)": threads,
+        "load average at start (1, 5, 15 min)": ", ".join(f"{load:.2f}" for load in os.getloadavg()),
+        "torch": torch.__version__,
+        "vaefast": f"{vaefast.__version__} (commit {git_commit()})",
+        "vaefast backend": info["backend"] if info["compiled"] else f"reference only ({info['load_error']})",
+        "vaefast build cpu_capability": build.get("cpu_capability", "n/a"),
+        "vaefast build cxx_flags": build.get("cxx_flags", "n/a"),
+        "peak memory method": MEMORY_METHOD,
+    }

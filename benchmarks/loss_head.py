@@ -1,0 +1,43 @@
+"""Benchmark case for the whole VAE loss head at training size: reparameterize, a stand-in decoder, the KL
+and the learned-gamma NLL, as one training step runs them. The decoder is a fixed function of z
+(sigmoid(z @ W), W [64, 784]) that both providers share, so the difference is the three loss ops. No byte
+or FLOP count: the matmul dominates neither, and the point is the end-to-end time a user sees.
+"""
+import torch
+
+import vaefast
+from vaefast.ops import reference
+
+from . import reparameterize
+from .harness import Case
+
+BATCH, LATENT, PIXELS = 256, 64, 784
+
+
+def make_head(reparameterize_op, kl_op, nll_op):
+    def loss_head(mu, logvar, x, log_gamma, weight):
+        z = reparameterize_op(mu, logvar)  # [B, LATENT]
+        x_hat = torch.sigmoid(z @ weight)  # [B, PIXELS]
+        return kl_op(mu, logvar) + nll_op(x, x_hat, log_gamma)
+    return loss_head
+
+
+def cases():
+    inputs = {
+        "mu": torch.randn(BATCH, LATENT, requires_grad=True),
+        "logvar": (0.5 * torch.randn(BATCH, LATENT)).requires_grad_(),
+        "x": torch.rand(BATCH, PIXELS),
+        "log_gamma": torch.zeros((), requires_grad=True),
+        "weight": torch.randn(LATENT, PIXELS) / LATENT**0.5,
+    }
+    return [Case(
+        name="loss head training",
+        op="loss_head",
+        shape=f"mu [{BATCH}, {LATENT}], x [{BATCH}, {PIXELS}], W [{LATENT}, {PIXELS}]",
+        inputs=inputs,
+        providers={
+            "vaefast": make_head(vaefast.reparameterize, vaefast.gaussian_kl, vaefast.gaussian_nll),
+            "eager": make_head(reparameterize.eager, reference.gaussian_kl, reference.gaussian_nll),
+        },
+        grad_inputs=("mu", "logvar", "log_gamma"),
+    )]

@@ -1,0 +1,158 @@
+"""python -m benchmarks.run [--quick] [--out DIR] [--ops reparameterize,kl,nll,mmd,loss_head] [--threads N]
+
+Times every selected case with three providers -- "vaefast" (the public fused op), "eager" (the reference
+in vaefast.ops.reference, what a user writes) and "compile" (torch.compile of that reference, default
+mode) -- forward and forward+backward, prints a markdown report to stdout (progress goes to stderr) and
+writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, report, reparameterize
+
+CASE_MODULES = {
+    "reparameterize": reparameterize, "kl": gaussian_kl, "nll": gaussian_nll, "mmd": mmd, "loss_head": loss_head,
+}
+
+# (repeats, warm-up calls, least seconds per sample, copy-bandwidth elements, copy repeats)
+FULL = dict(repeats=15, warmup=3, min_sample_s=0.02, copy_numel=2**26, copy_repeats=10)
+# --quick fits in about a minute on 2 cores: fewer and shorter samples, and no compilation at the large
+# sizes (inductor takes 10-30 s per graph there, more than the whole quick budget).
+QUICK = dict(repeats=5, warmup=1, min_sample_s=0.005, copy_numel=2**26, copy_repeats=5)
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no compile provider at the large sizes")
+    parser.add_argument("--out", metavar="DIR", default=os.path.join("benchmarks", "results"), help="results folder")
+    parser.add_argument("--ops", default=",".join(CASE_MODULES),
+                        help=f"comma-separated subset of {','.join(CASE_MODULES)}")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    args = parser.parse_args(argv)
+    args.ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    unknown = sorted(set(args.ops) - set(CASE_MODULES))
+    if unknown:
+        parser.error(f"unknown --ops {', '.join(unknown)}; choose from {', '.join(CASE_MODULES)}")
+    return args
+
+
+def with_compile(case, skip_reason):
+    """The case's providers plus torch.compile of its eager function, unless skip_reason says why not.
+    dynamic=False: each case compiles for its own static shapes, as a fixed-size training step would."""
+    providers = dict(case.providers)
+    if skip_reason:
+        case.notes.append(f"compile skipped: {skip_reason}")
+    else:
+        providers["compile"] = torch.compile(case.providers["eager"], dynamic=False)
+    return providers
+
+
+def warm_compile(steps, case):
+    """Runs the compile provider once (the compilation); an inductor failure drops the provider and goes
+    into the case's notes instead of ending the run."""
+    if "compile" not in steps:
+        return
+    try:
+        seconds = harness.first_call_seconds(steps["compile"])
+        log(f"    compile provider, first call (compilation of this mode's graphs): {seconds:.1f} s")
+    except Exception as error:  # noqa: BLE001 -- any inductor/dynamo failure is a result to record
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        case.notes.append(f"compile failed: {reason[:300]}")
+        log(f"    compile failed: {reason[:300]}")
+        del steps["compile"]
+
+
+def measure_case(case, providers, settings, copy_gbs):
+    rows = []
+    for mode in harness.MODES:
+        log(f"  {case.name} / {mode}")
+        steps = {name: harness.make_step(fn, case, mode) for name, fn in providers.items()}
+        warm_compile(steps, case)
+        if "compile" not in steps:
+            providers.pop("compile", None)
+        timings = harness.time_round_robin(steps, settings["repeats"], settings["warmup"], settings["min_sample_s"])
+        peaks = {name: harness.peak_extra_bytes(step) for name, step in steps.items()} if case.measure_memory else {}
+        for name, timing in timings.items():
+            median_s = timing.median_ms / 1e3
+            row = {
+                "case": case.name, "shape": case.shape, "mode": mode, "provider": name,
+                "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
+                "repeats": len(timing.samples_ms), "calls_per_sample": timing.inner,
+                "speedup_vs_eager": timings["eager"].median_ms / timing.median_ms,
+                "speedup_vs_compile": (timings["compile"].median_ms / timing.median_ms) if "compile" in timings else None,
+                "bytes": None, "gb_per_s": None, "fraction_of_copy_bw": None,
+                "flops": None, "gflop_per_s": None, "peak_extra_mib": None, "note": "",
+            }
+            if case.bytes_moved:
+                row["bytes"] = case.bytes_moved[mode]
+                row["gb_per_s"] = row["bytes"] / median_s / 1e9
+                row["fraction_of_copy_bw"] = row["gb_per_s"] / copy_gbs
+            if case.flops:
+                row["flops"] = case.flops[mode]
+                row["gflop_per_s"] = row["flops"] / median_s / 1e9
+            if name in peaks:
+                row["peak_extra_mib"] = peaks[name] / 2**20
+            rows.append(row)
+    if case.notes:
+        rows.append({"case": case.name, "shape": case.shape, "mode": "", "provider": "", "median_ms": None,
+                     "iqr_ms": None, "note": "; ".join(case.notes)})
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    log(f"copy bandwidth ({settings['copy_numel'] * 4 / 2**20:.0f} MiB float32) ...")
+    copy_start = harness.copy_bandwidth_gbs(settings["copy_numel"], settings["copy_repeats"])
+    machine = harness.machine_info(torch.get_num_threads())
+    load_start = os.getloadavg()[0]
+
+    torch.manual_seed(0)
+    cases = [case for op in args.ops for case in CASE_MODULES[op].cases()]
+    notes = [
+        f"{'--quick' if args.quick else 'full'} run: {settings['repeats']} repeats per provider and mode "
+        f"(round-robin), {settings['warmup']} warm-up call(s), each sample at least "
+        f"{settings['min_sample_s'] * 1e3:.0f} ms of back-to-back calls",
+    ]
+    if args.quick:
+        notes.append("--quick: the compile provider is skipped at the large sizes; run without --quick for it")
+    rows = []
+    for case in cases:
+        log(f"{case.name} ({case.shape})")
+        skip = "--quick skips compilation at the large sizes" if args.quick and case.large else None
+        rows += measure_case(case, with_compile(case, skip), settings, copy_start)
+
+    copy_end = harness.copy_bandwidth_gbs(settings["copy_numel"], settings["copy_repeats"])
+    machine["copy bandwidth, start / end of run (GB/s, read + written)"] = f"{copy_start:.1f} / {copy_end:.1f}"
+    machine["'of copy BW' uses"] = f"the start figure, {copy_start:.1f} GB/s"
+    machine["load average at end (1, 5, 15 min)"] = ", ".join(f"{load:.2f}" for load in os.getloadavg())
+    notes.append(f"total wall time {time.perf_counter() - started:.0f} s")
+    busiest = max(load_start, os.getloadavg()[0])
+    if busiest > len(os.sched_getaffinity(0)):
+        # With more runnable jobs than cores, a parallel region waits for a descheduled thread (a
+        # 16-20 ms stall per region was seen with 2 threads under a load of 7): such numbers are noise.
+        notes.append(f"WARNING: 1-minute load average reached {busiest:.1f} on {len(os.sched_getaffinity(0))} "
+                     "cores: other jobs shared the machine, so these timings are not representative")
+
+    text = report.markdown("vaefast CPU op benchmarks", machine, rows, notes)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "cpu_ops.md"), "w") as handle:
+        handle.write(text)
+    report.write_csv(os.path.join(args.out, "cpu_ops.csv"), machine, rows)
+    print(text)
+    log(f"wrote {os.path.join(args.out, 'cpu_ops.md')} and cpu_ops.csv")
+
+
+if __name__ == "__main__":
+    main()
