@@ -1,6 +1,6 @@
 """vaefast: fused kernels and faithful models for training variational autoencoders in PyTorch."""
 from ._backend import backend_info
-from .ops import gaussian_kl
+from .ops import gaussian_kl, mmd, mmd_prior
 
 __version__ = "0.1.0"
-__all__ = ["backend_info", "gaussian_kl", "__version__"]
+__all__ = ["backend_info", "gaussian_kl", "mmd", "mmd_prior", "__version__"]
