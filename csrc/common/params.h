@@ -95,14 +95,15 @@ enum class PairKernel : int { kImq = 0, kRbf = 1, kPoly = 2 };
 constexpr int kMaxKernelScales = 16;
 
 // out[0] = sum over pairs (i, j) of k(x_i, y_j). The self sum (self_pairs, y == x) runs over the ordered
-// pairs, without i == j when exclude_diagonal; the cross sum over all n * m pairs.
+// pairs, without i == j when exclude_diagonal; the cross sum over all n * m pairs. The sum is written in
+// double (the partial sums are added in double, and n^2 kernel values overflow float16 from n ~ 100).
 // k is "imq" sum_s C_s / (C_s + D), "rbf" sum_s exp(-D / C_s) with D = ||a - b||^2, or "poly"
 // (a.b / d + 1)^3 (no scales); C_s = s * 2 * d * bandwidth^2 (scale_constant, filled by the glue).
 template <typename scalar_t>
 struct KernelSumParams {
   const scalar_t* x = nullptr;  // [n, d]
   const scalar_t* y = nullptr;  // [m, d]; x itself for the self sum
-  scalar_t* out = nullptr;      // [1]
+  double* out = nullptr;        // [1]
   int64_t n = 0;
   int64_t m = 0;
   int64_t d = 0;
@@ -117,7 +118,7 @@ struct KernelSumParams {
 // the self sum has grad_x only (x is on both sides of every pair).
 template <typename scalar_t>
 struct KernelSumBackwardParams {
-  const scalar_t* grad = nullptr;  // [1], d loss / d out
+  const double* grad = nullptr;    // [1], d loss / d out (read in the kernel: no host synchronisation)
   const scalar_t* x = nullptr;     // [n, d]
   const scalar_t* y = nullptr;     // [m, d]; x itself for the self sum
   scalar_t* grad_x = nullptr;      // [n, d]

@@ -194,7 +194,7 @@ void kernel_sum_forward_impl(const KernelSumParams<scalar_t>& p) {
   }
   double total = 0;
   for (const double block_total : block_totals) total += block_total;
-  p.out[0] = static_cast<scalar_t>(total);
+  p.out[0] = total;
 }
 
 // gradient += sum_j weight[j] * (a - b_j) (distance kernels) or sum_j weight[j] * b_j ("poly") over the
@@ -291,7 +291,7 @@ void kernel_sum_backward_impl(const KernelSumBackwardParams<scalar_t>& p) {
   const auto constants = pair_kernel_constants<acc>(p.scale_constant, p.num_scales, p.d);
   // d ||a - b||^2 / da = 2 (a - b), d a.b / da = b; the self sum has x on both sides of every pair: twice.
   const acc statistic_factor = uses_dot_product<kernel>() ? acc(1) : acc(2);
-  const acc grad = static_cast<acc>(p.grad[0]);
+  const acc grad = static_cast<acc>(*p.grad);
   const PackedOperand<acc> x_packed = pack_operand<acc>(p.x, p.n, p.d, true, true);
   if (p.self_pairs) {
     row_gradients<kernel>(x_packed, x_packed, true, p.exclude_diagonal, 2 * statistic_factor * grad, constants,

@@ -4,6 +4,7 @@
 #include "op_common.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 
 #include <cmath>
 
@@ -51,6 +52,12 @@ void fill_kernel(Params& params, c10::string_view kernel, at::ArrayRef<double> s
   }
 }
 
+// The sums come back in float32 for float16/bfloat16 inputs (7 n^2 IMQ values pass float16's 65504 at
+// n ~ 100), in the input dtype otherwise.
+at::Tensor sum_output(const at::Tensor& total, const at::Tensor& x) {
+  return total.to(at::toOpMathType(x.scalar_type()));
+}
+
 void check_cpu(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.device().is_cpu(), "vaefast::", op, ": no kernel for device ", x.device());
 }
@@ -60,20 +67,20 @@ void check_grad(const at::Tensor& grad) {
               grad.sizes());
 }
 
-// [n, d] -> 0-dim: sum over ordered pairs i != j (or all i, j) of k(x_i, x_j)
+// [n, d] -> 0-dim (float32 for float16/bfloat16 x): sum over ordered pairs i != j (or all i, j) of k(x_i, x_j)
 at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::ArrayRef<double> scales,
                            double bandwidth, bool exclude_diagonal) {
   check_rows(x, "x");
   check_cpu(x, "kernel_sum_self");
-  at::Tensor out = at::zeros({}, x.options());
-  if (x.size(0) == 0) return out;
+  at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
+  if (x.size(0) == 0) return sum_output(total, x);
   const at::Tensor x_c = x.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self", [&] {
     KernelSumParams<scalar_t> params;
     fill_kernel(params, kernel, scales, bandwidth, x.size(1));
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = params.x;
-    params.out = out.mutable_data_ptr<scalar_t>();
+    params.out = total.mutable_data_ptr<double>();
     params.n = x.size(0);
     params.m = x.size(0);
     params.d = x.size(1);
@@ -81,7 +88,7 @@ at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::Arr
     params.exclude_diagonal = exclude_diagonal;
     cpu::kernel_sum_forward(params);
   });
-  return out;
+  return sum_output(total, x);
 }
 
 // grad (0-dim), x [n, d] -> grad_x [n, d]
@@ -92,12 +99,12 @@ at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x,
   check_grad(grad);
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   if (x.size(0) == 0) return grad_x;
-  const at::Tensor grad_c = grad.to(x.scalar_type()).contiguous();
+  const at::Tensor grad_c = grad.to(at::kDouble).contiguous();
   const at::Tensor x_c = x.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self_backward", [&] {
     KernelSumBackwardParams<scalar_t> params;
     fill_kernel(params, kernel, scales, bandwidth, x.size(1));
-    params.grad = grad_c.const_data_ptr<scalar_t>();
+    params.grad = grad_c.const_data_ptr<double>();
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = params.x;
     params.grad_x = grad_x.mutable_data_ptr<scalar_t>();
@@ -111,14 +118,14 @@ at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x,
   return grad_x;
 }
 
-// [n, d], [m, d] -> 0-dim: sum over all n * m pairs of k(x_i, y_j)
+// [n, d], [m, d] -> 0-dim (float32 for float16/bfloat16): sum over all n * m pairs of k(x_i, y_j)
 at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::string_view kernel,
                             at::ArrayRef<double> scales, double bandwidth) {
   check_rows(x, "x");
   check_rows_like(y, x);
   check_cpu(x, "kernel_sum_cross");
-  at::Tensor out = at::zeros({}, x.options());
-  if (x.size(0) == 0 || y.size(0) == 0) return out;
+  at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
+  if (x.size(0) == 0 || y.size(0) == 0) return sum_output(total, x);
   const at::Tensor x_c = x.contiguous();
   const at::Tensor y_c = y.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross", [&] {
@@ -126,13 +133,13 @@ at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::strin
     fill_kernel(params, kernel, scales, bandwidth, x.size(1));
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = y_c.const_data_ptr<scalar_t>();
-    params.out = out.mutable_data_ptr<scalar_t>();
+    params.out = total.mutable_data_ptr<double>();
     params.n = x.size(0);
     params.m = y.size(0);
     params.d = x.size(1);
     cpu::kernel_sum_forward(params);
   });
-  return out;
+  return sum_output(total, x);
 }
 
 // grad (0-dim), x [n, d], y [m, d] -> (grad_x [n, d], grad_y [m, d])
@@ -146,13 +153,13 @@ std::tuple<at::Tensor, at::Tensor> kernel_sum_cross_backward(const at::Tensor& g
   at::Tensor grad_x = at::zeros(x.sizes(), x.options());
   at::Tensor grad_y = at::zeros(y.sizes(), y.options());
   if (x.size(0) == 0 || y.size(0) == 0) return {grad_x, grad_y};
-  const at::Tensor grad_c = grad.to(x.scalar_type()).contiguous();
+  const at::Tensor grad_c = grad.to(at::kDouble).contiguous();
   const at::Tensor x_c = x.contiguous();
   const at::Tensor y_c = y.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross_backward", [&] {
     KernelSumBackwardParams<scalar_t> params;
     fill_kernel(params, kernel, scales, bandwidth, x.size(1));
-    params.grad = grad_c.const_data_ptr<scalar_t>();
+    params.grad = grad_c.const_data_ptr<double>();
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = y_c.const_data_ptr<scalar_t>();
     params.grad_x = grad_x.mutable_data_ptr<scalar_t>();

@@ -9,11 +9,18 @@ import torch
 from .. import _backend
 from . import checks, philox, reference
 
+
+def _sum_dtype(dtype):
+    """The kernel sums come back in float32 for float16/bfloat16 inputs: 7 n^2 IMQ values pass float16's
+    largest value (65504) at n ~ 100."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 if _backend._C is not None:
 
     @torch.library.register_fake("vaefast::kernel_sum_self")
     def _(x, kernel, scales, bandwidth, exclude_diagonal):
-        return x.new_empty(())
+        return x.new_empty((), dtype=_sum_dtype(x.dtype))
 
     @torch.library.register_fake("vaefast::kernel_sum_self_backward")
     def _(grad, x, kernel, scales, bandwidth, exclude_diagonal):
@@ -21,7 +28,7 @@ if _backend._C is not None:
 
     @torch.library.register_fake("vaefast::kernel_sum_cross")
     def _(x, y, kernel, scales, bandwidth):
-        return x.new_empty(())
+        return x.new_empty((), dtype=_sum_dtype(x.dtype))
 
     @torch.library.register_fake("vaefast::kernel_sum_cross_backward")
     def _(grad, x, y, kernel, scales, bandwidth):
@@ -68,11 +75,12 @@ def _self_mean(x, kernel, scales, bandwidth, unbiased):
 
 def _compiled_mmd(x, y, kernel, scales, bandwidth, unbiased):
     cross = torch.ops.vaefast.kernel_sum_cross(x, y, kernel, scales, bandwidth) / (x.shape[0] * y.shape[0])
-    return (
+    squared_mmd = (
         _self_mean(x, kernel, scales, bandwidth, unbiased)
         + _self_mean(y, kernel, scales, bandwidth, unbiased)
         - 2 * cross
     )
+    return squared_mmd.to(x.dtype)
 
 
 def mmd(x, y, *, kernel="imq", scales=reference.DEFAULT_SCALES, bandwidth=1.0, unbiased=True):
@@ -121,7 +129,7 @@ def mmd_prior(z, *, kernel="imq", scales=reference.DEFAULT_SCALES, bandwidth=1.0
                                    num_prior_samples=num_prior_samples, generator=generator)
     if kernel == "rbf":
         cross, prior = reference.rbf_prior_terms(z, scales, bandwidth)
-        return _self_mean(z, kernel, scales, bandwidth, unbiased) + prior - 2 * cross
+        return (_self_mean(z, kernel, scales, bandwidth, unbiased) + prior - 2 * cross).to(z.dtype)
     rows, dim = (z.shape[0] if num_prior_samples is None else num_prior_samples), z.shape[1]
     seed = philox.draw_seed(generator, z.device)
     prior_samples = philox.normal(rows * dim, seed, 0, z.dtype, z.device).reshape(rows, dim)  # [rows, d]
