@@ -4,7 +4,6 @@
 #include "op_common.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 
 #include <cmath>
 
@@ -52,12 +51,6 @@ void fill_kernel(Params& params, c10::string_view kernel, at::ArrayRef<double> s
   }
 }
 
-// The sums come back in float32 for float16/bfloat16 inputs (7 n^2 IMQ values pass float16's 65504 at
-// n ~ 100), in the input dtype otherwise.
-at::Tensor sum_output(const at::Tensor& total, const at::Tensor& x) {
-  return total.to(at::toOpMathType(x.scalar_type()));
-}
-
 void check_cpu(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.device().is_cpu(), "vaefast::", op, ": no kernel for device ", x.device());
 }
@@ -67,13 +60,14 @@ void check_grad(const at::Tensor& grad) {
               grad.sizes());
 }
 
-// [n, d] -> 0-dim (float32 for float16/bfloat16 x): sum over ordered pairs i != j (or all i, j) of k(x_i, x_j)
+// [n, d] -> 0-dim float64: sum over ordered pairs i != j (or all i, j) of k(x_i, x_j)
 at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::ArrayRef<double> scales,
                            double bandwidth, bool exclude_diagonal) {
   check_rows(x, "x");
   check_cpu(x, "kernel_sum_self");
+  // float64 whatever x's dtype: see KernelSumParams::out
   at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
-  if (x.size(0) == 0) return sum_output(total, x);
+  if (x.size(0) == 0) return total;
   const at::Tensor x_c = x.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self", [&] {
     KernelSumParams<scalar_t> params;
@@ -88,7 +82,7 @@ at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::Arr
     params.exclude_diagonal = exclude_diagonal;
     cpu::kernel_sum_forward(params);
   });
-  return sum_output(total, x);
+  return total;
 }
 
 // grad (0-dim), x [n, d] -> grad_x [n, d]
@@ -118,14 +112,15 @@ at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x,
   return grad_x;
 }
 
-// [n, d], [m, d] -> 0-dim (float32 for float16/bfloat16): sum over all n * m pairs of k(x_i, y_j)
+// [n, d], [m, d] -> 0-dim float64: sum over all n * m pairs of k(x_i, y_j)
 at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::string_view kernel,
                             at::ArrayRef<double> scales, double bandwidth) {
   check_rows(x, "x");
   check_rows_like(y, x);
   check_cpu(x, "kernel_sum_cross");
+  // float64 whatever x's dtype: see KernelSumParams::out
   at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
-  if (x.size(0) == 0 || y.size(0) == 0) return sum_output(total, x);
+  if (x.size(0) == 0 || y.size(0) == 0) return total;
   const at::Tensor x_c = x.contiguous();
   const at::Tensor y_c = y.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross", [&] {
@@ -139,7 +134,7 @@ at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::strin
     params.d = x.size(1);
     cpu::kernel_sum_forward(params);
   });
-  return sum_output(total, x);
+  return total;
 }
 
 // grad (0-dim), x [n, d], y [m, d] -> (grad_x [n, d], grad_y [m, d])
