@@ -291,14 +291,22 @@ def test_forward_backward_never_allocates_an_n_by_n_matrix():
     assert mmd_growth < n_by_n // 4, f"forward + backward grew the peak memory by {mmd_growth / 2**20:.1f} MB"
 
 
-def float64_truth_inputs(x, y, kernel, spread):
-    """float64 inputs and bandwidth on which the reference is accurate. cdist takes a matmul path beyond 25
-    rows whose distances are off by about eps * ||x||^2: at a spread of 1e6 that is 1e-4 where D = 0 (the
-    diagonal), which kernels with C_s ~ d do notice. imq and rbf depend on D / bandwidth^2 only, so they are
-    evaluated at unit spread: k(a / s, b / s; bandwidth / s) = k(a, b; bandwidth)."""
-    if kernel == "poly":
-        return x.double(), y.double(), 1.0
-    return x.double() / spread, y.double() / spread, 1.0 / spread
+def exact_mean_kernel(a, b, kernel, exclude_diagonal, block=25):
+    """reference.mean_kernel in float64, without its two losses of precision: cdist subtracts coordinates
+    directly for at most 25 rows a side and switches to ||a||^2 + ||b||^2 - 2 a.b beyond, which is off by
+    about eps * ||a||^2 (relative to C_s: eps * spread^2 / bandwidth^2, 1e-10 at a spread of 1e3); and
+    sum - trace cancels the diagonal's k = 7 against off-diagonal values that may be 1e-6. So the
+    reference's kernel matrix is evaluated on blocks of 25 rows, and the diagonal masked out."""
+    a, b = a.double(), b.double()
+    total = 0.0
+    for i in range(0, a.shape[0], block):
+        for j in range(0, b.shape[0], block):
+            values = reference.kernel_matrix(a[i:i + block], b[j:j + block], kernel)
+            if exclude_diagonal and i == j:
+                values = values.masked_fill(torch.eye(len(values), dtype=torch.bool), 0)
+            total += float(values.sum())
+    n = a.shape[0]
+    return torch.tensor(total / (n * (n - 1) if exclude_diagonal else n * b.shape[0]), dtype=torch.float64)
 
 
 @given(
@@ -317,17 +325,14 @@ def test_mmd_property_against_reference(n, m, d, kernel, unbiased, dtype, spread
     x, y = (spread * t for t in samples(n, m, d, generator=torch.Generator().manual_seed(seed)))
     x, y = x.to(dtype), y.to(dtype)
     actual = vaefast.mmd(x, y, kernel=kernel, unbiased=unbiased)
-    x64, y64, bandwidth = float64_truth_inputs(x, y, kernel, spread)
-    truth = reference.mmd(x64, y64, kernel=kernel, unbiased=unbiased, bandwidth=bandwidth)
+    terms = [exact_mean_kernel(x, x, kernel, unbiased), exact_mean_kernel(y, y, kernel, unbiased),
+             exact_mean_kernel(x, y, kernel, False)]
+    truth = terms[0] + terms[1] - 2 * terms[2]
     if dtype == torch.float32:
         assert_earned(actual, reference.mmd(x, y, kernel=kernel, unbiased=unbiased), truth)
         return
     # Kxx + Kyy - 2 Kxy may cancel: the rounding is relative to the terms, not to their difference.
-    terms = sum(
-        abs(float(reference.mean_kernel(a, b, kernel, reference.DEFAULT_SCALES, bandwidth, unbiased and a is b)))
-        for a, b in ((x64, x64), (y64, y64), (x64, y64), (x64, y64))
-    )
-    assert max_error(actual, truth) <= 1e-12 * terms
+    assert max_error(actual, truth) <= 1e-12 * float(terms[0].abs() + terms[1].abs() + 2 * terms[2].abs())
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
