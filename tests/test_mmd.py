@@ -187,7 +187,7 @@ def test_mmd_prior_sampled_matches_reference(kernel, unbiased, num_prior_samples
     assert torch.equal(state, torch.get_rng_state())
 
 
-def test_mmd_prior_gradient_flows_to_z_only():
+def test_mmd_prior_sampled_gradient_matches_reference():
     z = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
     seed = int(torch.randint(0, 2**31, ()))
     (grad,) = torch.autograd.grad(vaefast.mmd_prior(z, generator=torch.Generator().manual_seed(seed)), (z,))
@@ -237,9 +237,8 @@ def test_nan_propagates(kernel):
         assert grad_x[3].isnan().all()
 
 
+@needs_compiled
 def test_empty_and_tiny_kernel_sums():
-    if not COMPILED:
-        pytest.skip("the compiled extension vaefast._C is not loaded")
     empty = torch.empty(0, 3)
     assert float(torch.ops.vaefast.kernel_sum_self(empty, "imq", [1.0], 1.0, True)) == 0
     assert float(torch.ops.vaefast.kernel_sum_cross(empty, torch.randn(4, 3), "imq", [1.0], 1.0)) == 0
@@ -328,11 +327,16 @@ def test_mmd_property_against_reference(n, m, d, kernel, unbiased, dtype, spread
     terms = [exact_mean_kernel(x, x, kernel, unbiased), exact_mean_kernel(y, y, kernel, unbiased),
              exact_mean_kernel(x, y, kernel, False)]
     truth = terms[0] + terms[1] - 2 * terms[2]
+    # Kxx + Kyy - 2 Kxy may cancel: rounding is relative to the terms, not to their difference, so the
+    # floor is a few ulps of the terms (assert_earned's floor, relative to the difference, is too tight
+    # where the float32 reference's own error happens to cancel out).
+    terms_size = float(terms[0].abs() + terms[1].abs() + 2 * terms[2].abs())
     if dtype == torch.float32:
-        assert_earned(actual, reference.mmd(x, y, kernel=kernel, unbiased=unbiased), truth)
-        return
-    # Kxx + Kyy - 2 Kxy may cancel: the rounding is relative to the terms, not to their difference.
-    assert max_error(actual, truth) <= 1e-12 * float(terms[0].abs() + terms[1].abs() + 2 * terms[2].abs())
+        reference_error = max_error(reference.mmd(x, y, kernel=kernel, unbiased=unbiased), truth)
+        budget = 2 * reference_error + 8 * torch.finfo(dtype).eps * terms_size
+    else:
+        budget = 1e-12 * terms_size
+    assert max_error(actual, truth) <= budget
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -15,6 +15,7 @@
 
 #include "../common/params.h"
 #include "cpu_common.h"
+// After cpu_common.h: the RBF's math_exp must see the Vec overloads declared there.
 #include "../common/mmd_math.h"
 
 namespace vaefast {
