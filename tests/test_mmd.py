@@ -308,6 +308,7 @@ def exact_mean_kernel(a, b, kernel, exclude_diagonal, block=25):
     return torch.tensor(total / (n * (n - 1) if exclude_diagonal else n * b.shape[0]), dtype=torch.float64)
 
 
+@needs_compiled
 @given(
     n=st.integers(2, 40),
     m=st.integers(2, 40),
@@ -339,6 +340,7 @@ def test_mmd_property_against_reference(n, m, d, kernel, unbiased, dtype, spread
     assert max_error(actual, truth) <= budget
 
 
+@needs_compiled
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_bit_identical_whatever_the_thread_count(kernel):
     x, y = samples(300, 211, 9, dtype=torch.float32)
