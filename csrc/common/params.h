@@ -87,4 +87,52 @@ struct GaussianNllBackwardParams {
   LogGammaLayout layout = LogGammaLayout::kScalar;
 };
 
+// Which pairwise kernel a kernel sum evaluates (the per-pair math is in mmd_math.h).
+enum class PairKernel : int { kImq = 0, kRbf = 1, kPoly = 2 };
+
+// A multi-scale kernel sums at most this many scales; fixed so the constants travel inside the params
+// struct by value (no device allocation on the CUDA path).
+constexpr int kMaxKernelScales = 16;
+
+// out[0] = sum over pairs (i, j) of k(x_i, y_j). The self sum (self_pairs, y == x) runs over the ordered
+// pairs, without i == j when exclude_diagonal; the cross sum over all n * m pairs. The sum is written in
+// double whatever the input dtype: the partial sums are added in double, 7 n^2 IMQ values overflow float16
+// from n ~ 100, and the estimator Kxx + Kyy - 2 Kxy cancels its O(1) terms down to a small difference, so
+// rounding the sums to float32 first would cost more than the kernels' own error.
+// k is "imq" sum_s C_s / (C_s + D), "rbf" sum_s exp(-D / C_s) with D = ||a - b||^2, or "poly"
+// (a.b / d + 1)^3 (no scales); C_s = s * 2 * d * bandwidth^2 (scale_constant, filled by the glue).
+template <typename scalar_t>
+struct KernelSumParams {
+  const scalar_t* x = nullptr;  // [n, d]
+  const scalar_t* y = nullptr;  // [m, d]; x itself for the self sum
+  double* out = nullptr;        // [1]
+  int64_t n = 0;
+  int64_t m = 0;
+  int64_t d = 0;
+  PairKernel kernel = PairKernel::kImq;
+  int num_scales = 0;
+  double scale_constant[kMaxKernelScales] = {};
+  bool self_pairs = false;
+  bool exclude_diagonal = false;
+};
+
+// grad_x[i] = grad * d out / d x_i and grad_y[j] = grad * d out / d y_j for the sum of KernelSumParams;
+// the self sum has grad_x only (x is on both sides of every pair).
+template <typename scalar_t>
+struct KernelSumBackwardParams {
+  const double* grad = nullptr;    // [1], d loss / d out (read in the kernel: no host synchronisation)
+  const scalar_t* x = nullptr;     // [n, d]
+  const scalar_t* y = nullptr;     // [m, d]; x itself for the self sum
+  scalar_t* grad_x = nullptr;      // [n, d]
+  scalar_t* grad_y = nullptr;      // [m, d]; nullptr for the self sum
+  int64_t n = 0;
+  int64_t m = 0;
+  int64_t d = 0;
+  PairKernel kernel = PairKernel::kImq;
+  int num_scales = 0;
+  double scale_constant[kMaxKernelScales] = {};
+  bool self_pairs = false;
+  bool exclude_diagonal = false;
+};
+
 }  // namespace vaefast

@@ -50,6 +50,31 @@ def same_shape(t, name, ref, ref_name):
         raise ValueError(f"{name} must have the shape of {ref_name} {_shape(ref)}; got {_shape(t)}")
 
 
+def rows(t, name):
+    """A [n, d] tensor of n samples in d >= 1 dimensions (one sample per row)."""
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor [n, d] (one sample per row); got shape {_shape(t)}")
+    if t.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one column (d >= 1); got shape {_shape(t)}")
+
+
+def rows_like(t, name, ref, ref_name):
+    """Samples in the same space as ref's: a 2-D tensor with ref's number of columns."""
+    rows(t, name)
+    if t.shape[1] != ref.shape[1]:
+        raise ValueError(
+            f"{name} must have d = {ref.shape[1]} columns like {ref_name} [n, d] = {_shape(ref)}; got {_shape(t)}"
+        )
+
+
+def enough_rows(t, name, unbiased):
+    """The unbiased estimator averages over pairs i != j: it needs two rows; the biased one needs one."""
+    minimum = 2 if unbiased else 1
+    if t.shape[0] < minimum:
+        estimator = "the unbiased estimator (unbiased=True)" if unbiased else "an estimate"
+        raise ValueError(f"{name} must have at least {minimum} rows for {estimator}; got shape {_shape(t)}")
+
+
 def reduction(value):
     if value not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {value!r}")

@@ -1,0 +1,191 @@
+// vaefast::kernel_sum_self and vaefast::kernel_sum_cross: the pairwise kernel sums that the MMD estimators
+// (vaefast/ops/mmd.py) are composed of, and their backward ops.
+#include "../cpu/mmd_cpu.h"
+#include "op_common.h"
+
+#include <ATen/Dispatch.h>
+
+#include <cmath>
+
+namespace vaefast {
+namespace ops {
+namespace {
+
+void check_rows(const at::Tensor& t, const char* name) {
+  check_floating(t, name);
+  TORCH_CHECK(t.dim() == 2, name, " must be a 2-D tensor [n, d] (one sample per row); got shape ", t.sizes());
+  TORCH_CHECK(t.size(1) >= 1, name, " must have at least one column (d >= 1); got shape ", t.sizes());
+}
+
+void check_rows_like(const at::Tensor& y, const at::Tensor& x) {
+  check_rows(y, "y");
+  TORCH_CHECK(y.device() == x.device(), "y is on ", y.device(), " but x is on ", x.device(),
+              "; move both to one device");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type(), "y has dtype ", y.scalar_type(), " but x has dtype ",
+              x.scalar_type());
+  TORCH_CHECK(y.size(1) == x.size(1), "y must have d = ", x.size(1), " columns like x [n, d] = ", x.sizes(),
+              "; got ", y.sizes());
+}
+
+PairKernel parse_kernel(c10::string_view kernel) {
+  if (kernel == "imq") return PairKernel::kImq;
+  if (kernel == "rbf") return PairKernel::kRbf;
+  if (kernel == "poly") return PairKernel::kPoly;
+  TORCH_CHECK(false, "kernel must be one of 'imq', 'rbf', 'poly'; got '", std::string(kernel), "'");
+}
+
+// The kernel's constants C_s = s * 2 * d * bandwidth^2, validated, in the fields every params struct shares.
+template <typename Params>
+void fill_kernel(Params& params, c10::string_view kernel, at::ArrayRef<double> scales, double bandwidth,
+                 int64_t d) {
+  params.kernel = parse_kernel(kernel);
+  TORCH_CHECK(bandwidth > 0 && std::isfinite(bandwidth), "bandwidth must be positive and finite; got ", bandwidth);
+  if (params.kernel == PairKernel::kPoly) return;  // (a.b / d + 1)^3 has no scales
+  TORCH_CHECK(!scales.empty() && static_cast<int64_t>(scales.size()) <= kMaxKernelScales,
+              "scales must hold 1 to ", kMaxKernelScales, " positive numbers; got ", scales.size());
+  params.num_scales = static_cast<int>(scales.size());
+  for (int s = 0; s < params.num_scales; ++s) {
+    TORCH_CHECK(scales[s] > 0 && std::isfinite(scales[s]), "scales[", s, "] must be positive and finite; got ",
+                scales[s]);
+    params.scale_constant[s] = scales[s] * 2.0 * static_cast<double>(d) * bandwidth * bandwidth;
+  }
+}
+
+void check_cpu(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), "vaefast::", op, ": no kernel for device ", x.device());
+}
+
+void check_grad(const at::Tensor& grad) {
+  TORCH_CHECK(grad.numel() == 1, "grad must hold one value (the gradient of the 0-dim sum); got shape ",
+              grad.sizes());
+}
+
+// [n, d] -> 0-dim float64: sum over ordered pairs i != j (or all i, j) of k(x_i, x_j)
+at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::ArrayRef<double> scales,
+                           double bandwidth, bool exclude_diagonal) {
+  check_rows(x, "x");
+  check_cpu(x, "kernel_sum_self");
+  // float64 whatever x's dtype: see KernelSumParams::out
+  at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
+  if (x.size(0) == 0) return total;
+  const at::Tensor x_c = x.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self", [&] {
+    KernelSumParams<scalar_t> params;
+    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    params.x = x_c.const_data_ptr<scalar_t>();
+    params.y = params.x;
+    params.out = total.mutable_data_ptr<double>();
+    params.n = x.size(0);
+    params.m = x.size(0);
+    params.d = x.size(1);
+    params.self_pairs = true;
+    params.exclude_diagonal = exclude_diagonal;
+    cpu::kernel_sum_forward(params);
+  });
+  return total;
+}
+
+// grad (0-dim), x [n, d] -> grad_x [n, d]
+at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x, c10::string_view kernel,
+                                    at::ArrayRef<double> scales, double bandwidth, bool exclude_diagonal) {
+  check_rows(x, "x");
+  check_cpu(x, "kernel_sum_self_backward");
+  check_grad(grad);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  if (x.size(0) == 0) return grad_x;
+  const at::Tensor grad_c = grad.to(at::kDouble).contiguous();
+  const at::Tensor x_c = x.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self_backward", [&] {
+    KernelSumBackwardParams<scalar_t> params;
+    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    params.grad = grad_c.const_data_ptr<double>();
+    params.x = x_c.const_data_ptr<scalar_t>();
+    params.y = params.x;
+    params.grad_x = grad_x.mutable_data_ptr<scalar_t>();
+    params.n = x.size(0);
+    params.m = x.size(0);
+    params.d = x.size(1);
+    params.self_pairs = true;
+    params.exclude_diagonal = exclude_diagonal;
+    cpu::kernel_sum_backward(params);
+  });
+  return grad_x;
+}
+
+// [n, d], [m, d] -> 0-dim float64: sum over all n * m pairs of k(x_i, y_j)
+at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::string_view kernel,
+                            at::ArrayRef<double> scales, double bandwidth) {
+  check_rows(x, "x");
+  check_rows_like(y, x);
+  check_cpu(x, "kernel_sum_cross");
+  // float64 whatever x's dtype: see KernelSumParams::out
+  at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
+  if (x.size(0) == 0 || y.size(0) == 0) return total;
+  const at::Tensor x_c = x.contiguous();
+  const at::Tensor y_c = y.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross", [&] {
+    KernelSumParams<scalar_t> params;
+    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    params.x = x_c.const_data_ptr<scalar_t>();
+    params.y = y_c.const_data_ptr<scalar_t>();
+    params.out = total.mutable_data_ptr<double>();
+    params.n = x.size(0);
+    params.m = y.size(0);
+    params.d = x.size(1);
+    cpu::kernel_sum_forward(params);
+  });
+  return total;
+}
+
+// grad (0-dim), x [n, d], y [m, d] -> (grad_x [n, d], grad_y [m, d])
+std::tuple<at::Tensor, at::Tensor> kernel_sum_cross_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                             const at::Tensor& y, c10::string_view kernel,
+                                                             at::ArrayRef<double> scales, double bandwidth) {
+  check_rows(x, "x");
+  check_rows_like(y, x);
+  check_cpu(x, "kernel_sum_cross_backward");
+  check_grad(grad);
+  at::Tensor grad_x = at::zeros(x.sizes(), x.options());
+  at::Tensor grad_y = at::zeros(y.sizes(), y.options());
+  if (x.size(0) == 0 || y.size(0) == 0) return {grad_x, grad_y};
+  const at::Tensor grad_c = grad.to(at::kDouble).contiguous();
+  const at::Tensor x_c = x.contiguous();
+  const at::Tensor y_c = y.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross_backward", [&] {
+    KernelSumBackwardParams<scalar_t> params;
+    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    params.grad = grad_c.const_data_ptr<double>();
+    params.x = x_c.const_data_ptr<scalar_t>();
+    params.y = y_c.const_data_ptr<scalar_t>();
+    params.grad_x = grad_x.mutable_data_ptr<scalar_t>();
+    params.grad_y = grad_y.mutable_data_ptr<scalar_t>();
+    params.n = x.size(0);
+    params.m = y.size(0);
+    params.d = x.size(1);
+    cpu::kernel_sum_backward(params);
+  });
+  return {grad_x, grad_y};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(vaefast, m) {
+  m.def("kernel_sum_self(Tensor x, str kernel, float[] scales, float bandwidth, bool exclude_diagonal) -> Tensor");
+  m.def(
+      "kernel_sum_self_backward(Tensor grad, Tensor x, str kernel, float[] scales, float bandwidth, "
+      "bool exclude_diagonal) -> Tensor");
+  m.def("kernel_sum_cross(Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) -> Tensor");
+  m.def(
+      "kernel_sum_cross_backward(Tensor grad, Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(vaefast, CPU, m) {
+  m.impl("kernel_sum_self", &kernel_sum_self);
+  m.impl("kernel_sum_self_backward", &kernel_sum_self_backward);
+  m.impl("kernel_sum_cross", &kernel_sum_cross);
+  m.impl("kernel_sum_cross_backward", &kernel_sum_cross_backward);
+}
+
+}  // namespace ops
+}  // namespace vaefast
