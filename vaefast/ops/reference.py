@@ -25,7 +25,8 @@ def reduce_per_sample(per_sample, reduction):
 
 def sum_per_sample(values):
     """[B, ...] -> [B]: sum over every dimension but the first."""
-    return values.reshape(values.shape[0], -1).sum(dim=1)
+    # math.prod, not -1: with B = 0 the -1 would be ambiguous (reshape refuses [0, -1]).
+    return values.reshape(values.shape[0], math.prod(values.shape[1:])).sum(dim=1)
 
 
 def reparameterize(mu, logvar, *, num_samples=None, generator=None, eps=None):
