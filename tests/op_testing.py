@@ -25,7 +25,7 @@ def make_input(shape, layout, *, dtype=torch.float64, generator=None, fill=None)
         base_shape, view = shape, lambda t: t
     elif layout == "transposed":
         base_shape = shape[::-1]
-        view = lambda t: t.permute(*reversed(range(t.dim())))  # noqa: E731 (a view, not a copy)
+        view = lambda t: t.permute(*reversed(range(t.dim()))) if t.dim() else t  # noqa: E731
     elif layout == "step":
         base_shape = (*shape[:-1], 2 * shape[-1]) if shape else shape
         view = (lambda t: t[..., ::2]) if shape else (lambda t: t)
@@ -63,10 +63,10 @@ def assert_all_match(actual, reference_lowp, reference64):
             assert_earned(got, low, exact)
 
 
-def compare_to_reference(op, reference_op, bases, views, reduction, dtype, generator=None):
+def compare_to_reference(op, reference_op, bases, views, reduction, dtype, generator=None, cotangent_scale=1.0):
     """The op in `dtype` against the same reference in `dtype` and in float64 on the same rounded inputs."""
     batch = views[0](bases[0]).shape[0]
-    cotangent = cotangent_for(batch, reduction, generator)
+    cotangent = cotangent_scale * cotangent_for(batch, reduction, generator)
     lowp = [base.to(dtype) for base in bases]
     exact = [base.to(dtype).double() for base in bases]
     actual = forward_backward(op, lowp, views, cotangent, reduction=reduction)
