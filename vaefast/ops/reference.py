@@ -46,7 +46,9 @@ def gaussian_kl(mu, logvar, *, reduction="mean"):
 
 def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):
     """Per-sample -log N(x | x_hat, exp(log_gamma)^2 I); a [B] log_gamma is per sample."""
-    if log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
+    if log_gamma.numel() == 1:
+        log_gamma = log_gamma.reshape(())  # one value of any rank is a scalar, even of higher rank than x
+    elif log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
         log_gamma = log_gamma.reshape(-1, *([1] * (x.dim() - 1)))
     terms = (x - x_hat).pow(2) / (2 * torch.exp(2 * log_gamma)) + log_gamma + HALF_LOG_2PI
     return reduce_per_sample(sum_per_sample(terms.expand(x.shape)), reduction)
