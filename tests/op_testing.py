@@ -1,6 +1,7 @@
 """Helpers the per-op test files share: inputs in several memory layouts, one forward + backward pass that
 returns the value and every gradient, and the comparison rule (float64 tight, lower precisions earned).
 Not a test module: it holds no tests."""
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -12,6 +13,19 @@ from tests.conftest import assert_close64, assert_earned
 
 REDUCTIONS = ("none", "sum", "mean")
 LAYOUTS = ("contiguous", "transposed", "step")
+
+
+@dataclasses.dataclass
+class Case:
+    """One hypothesis draw: the inputs (left out of failure reports, they can be large) and a one-line
+    description of how they were drawn (shown, with the seed that replays them)."""
+
+    description: str
+    bases: list = dataclasses.field(repr=False)
+    views: list = dataclasses.field(repr=False)
+    reduction: str
+    dtype: torch.dtype
+    has_specials: bool
 
 
 def make_input(shape, layout, *, dtype=torch.float64, generator=None, fill=None):

@@ -12,7 +12,7 @@ from torch.distributions import Normal, kl_divergence
 import vaefast
 from tests.conftest import assert_close64, max_error
 from tests.op_testing import (
-    LAYOUTS, REDUCTIONS, assert_all_match, compare_to_reference, cotangent_for, forward_backward, make_input,
+    LAYOUTS, Case, REDUCTIONS, assert_all_match, compare_to_reference, cotangent_for, forward_backward, make_input,
     run_with_reference_backend,
 )
 from vaefast.ops import reference
@@ -128,8 +128,8 @@ SPECIALS = st.lists(
 
 @st.composite
 def kl_cases(draw):
-    """(mu, logvar, view, reduction, dtype, has_specials) with hypothesis-chosen shapes and scales; the
-    values come from a torch generator seeded by hypothesis, so a failing draw replays exactly."""
+    """A Case with hypothesis-chosen shape, layout, dtype and scales; the values come from a torch generator
+    seeded by hypothesis, so a failing draw replays exactly."""
     batch = draw(st.integers(0, 6))
     features = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
     layout = draw(st.sampled_from(LAYOUTS))
@@ -151,20 +151,22 @@ def kl_cases(draw):
         target = mu if name == "mu" else logvar
         if target.numel():
             target.view(-1)[index % target.numel()] = value
-    return mu.to(dtype), logvar.to(dtype), view, reduction, dtype, bool(specials)
+    description = (f"shape {list(shape)} {layout} {dtype} reduction={reduction} mu_scale={mu_scale:g} "
+                   f"logvar in [{low:g}, {high:g}] specials={specials}")
+    return Case(description, [mu.to(dtype), logvar.to(dtype)], [view, view], reduction, dtype, bool(specials))
 
 
 @given(kl_cases())
 def test_property_matches_reference(case):
-    mu, logvar, view, reduction, dtype, has_specials = case
-    if has_specials:
+    if case.has_specials:
         # NaN and inf: the per-sample values must carry exactly the reference's NaN/inf pattern.
-        actual = vaefast.gaussian_kl(view(mu), view(logvar), reduction=reduction)
-        assert_all_match([actual], [reference.gaussian_kl(view(mu), view(logvar), reduction=reduction)],
-                         [reference.gaussian_kl(view(mu.double()), view(logvar.double()), reduction=reduction)])
+        args = [view(t) for view, t in zip(case.views, case.bases)]
+        actual = vaefast.gaussian_kl(*args, reduction=case.reduction)
+        assert_all_match([actual], [reference.gaussian_kl(*args, reduction=case.reduction)],
+                         [reference.gaussian_kl(*(t.double() for t in args), reduction=case.reduction)])
     else:
-        compare_to_reference(vaefast.gaussian_kl, reference.gaussian_kl, [mu, logvar], [view, view], reduction,
-                             dtype)
+        compare_to_reference(vaefast.gaussian_kl, reference.gaussian_kl, case.bases, case.views, case.reduction,
+                             case.dtype)
 
 
 @pytest.mark.parametrize("shape", [(2, 20000), (5, 3, 4, 4), (300, 70)], ids=str)

@@ -13,7 +13,7 @@ from torch.distributions import Normal
 import vaefast
 from tests.conftest import assert_close64
 from tests.op_testing import (
-    LAYOUTS, REDUCTIONS, assert_all_match, compare_to_reference, cotangent_for, forward_backward, make_input,
+    LAYOUTS, Case, REDUCTIONS, assert_all_match, compare_to_reference, cotangent_for, forward_backward, make_input,
     run_with_reference_backend,
 )
 from vaefast.ops import reference
@@ -213,8 +213,8 @@ SPECIALS = st.lists(
 
 @st.composite
 def nll_cases(draw):
-    """(x, x_hat, log_gamma, views, reduction, dtype, has_specials) with hypothesis-chosen shapes, layouts and
-    scales; values come from a torch generator seeded by hypothesis, so a failing draw replays exactly."""
+    """A Case with hypothesis-chosen shapes, layouts, dtype and scales; the values come from a torch generator
+    seeded by hypothesis, so a failing draw replays exactly."""
     batch = draw(st.integers(0, 6))
     features = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
     x_shape = (batch, *features)
@@ -242,21 +242,24 @@ def nll_cases(draw):
     for name, index, value in specials:
         if tensors[name].numel():
             tensors[name].view(-1)[index % tensors[name].numel()] = value
-    return x.to(dtype), x_hat.to(dtype), log_gamma.to(dtype), [view, view, log_gamma_view], reduction, dtype, bool(specials)
+    description = (f"x {list(x_shape)} log_gamma {log_gamma_layout} {list(log_gamma_shape)} {layout} {dtype} "
+                   f"reduction={reduction} x_scale={x_scale:g} residual_scale={residual_scale:g} "
+                   f"log_gamma in [{low:g}, {high:g}] specials={specials}")
+    return Case(description, [x.to(dtype), x_hat.to(dtype), log_gamma.to(dtype)], [view, view, log_gamma_view],
+                reduction, dtype, bool(specials))
 
 
 @given(nll_cases())
 def test_property_matches_reference(case):
-    x, x_hat, log_gamma, views, reduction, dtype, has_specials = case
-    if has_specials:
+    if case.has_specials:
         # NaN and inf: the per-sample values must carry exactly the reference's NaN/inf pattern.
-        args = [view(t) for view, t in zip(views, (x, x_hat, log_gamma))]
-        actual = vaefast.gaussian_nll(*args, reduction=reduction)
-        assert_all_match([actual], [reference.gaussian_nll(*args, reduction=reduction)],
-                         [reference.gaussian_nll(*(t.double() for t in args), reduction=reduction)])
+        args = [view(t) for view, t in zip(case.views, case.bases)]
+        actual = vaefast.gaussian_nll(*args, reduction=case.reduction)
+        assert_all_match([actual], [reference.gaussian_nll(*args, reduction=case.reduction)],
+                         [reference.gaussian_nll(*(t.double() for t in args), reduction=case.reduction)])
     else:
-        compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, [x, x_hat, log_gamma], views, reduction,
-                             dtype)
+        compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, case.bases, case.views, case.reduction,
+                             case.dtype)
 
 
 @pytest.mark.parametrize("x_shape, log_gamma_shape", [
