@@ -26,6 +26,7 @@ class Case:
     reduction: str
     dtype: torch.dtype
     has_specials: bool
+    generator: torch.Generator = dataclasses.field(repr=False)  # for the upstream gradient
 
 
 def make_input(shape, layout, *, dtype=torch.float64, generator=None, fill=None):
@@ -65,20 +66,24 @@ def cotangent_for(batch, reduction, generator=None):
     return torch.randn(shape, dtype=torch.float64, generator=generator)
 
 
-def assert_all_match(actual, reference_lowp, reference64):
-    """Lists of tensors: float64 results to a few thousand ulps, lower precisions within earned bounds."""
+def assert_all_match(actual, reference_lowp, reference64, scales=None):
+    """Lists of tensors: float64 results to a few thousand ulps, lower precisions within earned bounds
+    (scales: per result, the magnitude it passes through before cancelling, or None; see assert_earned)."""
     assert len(actual) == len(reference64)
-    for got, low, exact in zip(actual, reference_lowp, reference64):
+    scales = scales or [None] * len(actual)
+    for got, low, exact, scale in zip(actual, reference_lowp, reference64, scales, strict=True):
         assert got.dtype == low.dtype, (got.dtype, low.dtype)
         assert got.shape == exact.shape, (got.shape, exact.shape)
         if got.dtype == torch.float64:
             assert_close64(got, exact)
         else:
-            assert_earned(got, low, exact)
+            assert_earned(got, low, exact, scale=scale)
 
 
-def compare_to_reference(op, reference_op, bases, views, reduction, dtype, generator=None, cotangent_scale=1.0):
-    """The op in `dtype` against the same reference in `dtype` and in float64 on the same rounded inputs."""
+def compare_to_reference(op, reference_op, bases, views, reduction, dtype, generator=None, cotangent_scale=1.0,
+                         magnitudes=None):
+    """The op in `dtype` against the same reference in `dtype` and in float64 on the same rounded inputs.
+    magnitudes(*inputs64, cotangent=, reduction=), if given, returns the scales for assert_all_match."""
     batch = views[0](bases[0]).shape[0]
     cotangent = cotangent_scale * cotangent_for(batch, reduction, generator)
     lowp = [base.to(dtype) for base in bases]
@@ -86,7 +91,10 @@ def compare_to_reference(op, reference_op, bases, views, reduction, dtype, gener
     actual = forward_backward(op, lowp, views, cotangent, reduction=reduction)
     reference_lowp = forward_backward(reference_op, lowp, views, cotangent, reduction=reduction)
     reference64 = forward_backward(reference_op, exact, views, cotangent, reduction=reduction)
-    assert_all_match(actual, reference_lowp, reference64)
+    scales = None
+    if magnitudes is not None:
+        scales = magnitudes(*(view(t) for view, t in zip(views, exact)), cotangent=cotangent, reduction=reduction)
+    assert_all_match(actual, reference_lowp, reference64, scales)
 
 
 def run_with_reference_backend(script, tmp_path):

@@ -153,7 +153,8 @@ def kl_cases(draw):
             target.view(-1)[index % target.numel()] = value
     description = (f"shape {list(shape)} {layout} {dtype} reduction={reduction} mu_scale={mu_scale:g} "
                    f"logvar in [{low:g}, {high:g}] specials={specials}")
-    return Case(description, [mu.to(dtype), logvar.to(dtype)], [view, view], reduction, dtype, bool(specials))
+    return Case(description, [mu.to(dtype), logvar.to(dtype)], [view, view], reduction, dtype, bool(specials),
+                generator)
 
 
 @given(kl_cases())
@@ -166,7 +167,7 @@ def test_property_matches_reference(case):
                          [reference.gaussian_kl(*(t.double() for t in args), reduction=case.reduction)])
     else:
         compare_to_reference(vaefast.gaussian_kl, reference.gaussian_kl, case.bases, case.views, case.reduction,
-                             case.dtype)
+                             case.dtype, case.generator)
 
 
 @pytest.mark.parametrize("shape", [(2, 20000), (5, 3, 4, 4), (300, 70)], ids=str)

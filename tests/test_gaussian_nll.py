@@ -47,12 +47,46 @@ def make_triple(x_shape, log_gamma_shape, layout, dtype=torch.float64, generator
     return [x, x_hat, log_gamma], [x_view, x_view, log_gamma_view]
 
 
+def per_element_log_gamma(log_gamma, x):
+    """log_gamma shaped to broadcast against x: one element is the scalar, a [B] tensor is per sample (the
+    contract's rule), anything else broadcasts as it is."""
+    if log_gamma.numel() == 1:
+        return log_gamma.reshape(())
+    if log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
+        return log_gamma.reshape(-1, *([1] * (x.dim() - 1)))
+    return log_gamma
+
+
+def nll_magnitudes(x, x_hat, log_gamma, *, cotangent, reduction):
+    """Magnitudes the NLL and d/d log_gamma pass through before cancelling, for the earned floors (float64).
+
+    A per-sample value adds sum r^2 / (2 gamma^2) >= 0 to sum (log_gamma + 0.5 log 2 pi), which is negative
+    for log_gamma < -0.92; d/d log_gamma sums g * (1 - r^2 / gamma^2), near 0 for a calibrated gamma. Any
+    float32 evaluation loses a few ulps of these magnitudes, however small the result."""
+    if x.numel() == 0:
+        return None
+    aligned = per_element_log_gamma(log_gamma, x)
+    scaled_squares = (x - x_hat).pow(2) * torch.exp(-2 * aligned)  # r^2 / gamma^2, x's shape
+    per_sample = reference.sum_per_sample(0.5 * scaled_squares + (aligned + reference.HALF_LOG_2PI).abs())
+    batch = x.shape[0]
+    weights = {"none": cotangent, "sum": cotangent.expand(batch), "mean": cotangent.expand(batch) / batch}
+    per_element = weights[reduction].abs().reshape(-1, *([1] * (x.dim() - 1))) * (1 + scaled_squares)
+    per_value = per_element.sum() if aligned.dim() == 0 else per_element.sum_to_size(aligned.shape)
+    value_scale = float(per_sample.max() if reduction == "none" else per_sample.sum())
+    return [value_scale, None, None, float(per_value.max())]
+
+
+def compare_nll(bases, views, reduction, dtype, **kwargs):
+    compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, bases, views, reduction, dtype,
+                         magnitudes=nll_magnitudes, **kwargs)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("x_shape, log_gamma_shape", CASES, ids=str)
 def test_matches_float64_reference(x_shape, log_gamma_shape, layout, reduction):
     bases, views = make_triple(x_shape, log_gamma_shape, layout)
-    compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, bases, views, reduction, torch.float64)
+    compare_nll(bases, views, reduction, torch.float64)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -64,13 +98,6 @@ def test_empty_batch_and_no_features(reduction):
     for log_gamma in (torch.randn(()), torch.randn(7), torch.randn(1, 0)):
         featureless = vaefast.gaussian_nll(torch.randn(7, 0), torch.randn(7, 0), log_gamma, reduction=reduction)
         assert bool((featureless == 0).all()) and featureless.shape == ((7,) if reduction == "none" else ())
-
-
-def per_element_log_gamma(log_gamma, x):
-    """log_gamma broadcast to x's shape, with a [B] tensor taken per sample (the contract's rule)."""
-    if log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
-        return log_gamma.reshape(-1, *([1] * (x.dim() - 1)))
-    return log_gamma
 
 
 @pytest.mark.parametrize("x_shape, log_gamma_shape", [((4, 3, 5), ()), ((4, 3, 5), (4,)), ((4, 3, 5), (1, 3, 5)),
@@ -106,8 +133,7 @@ def test_low_precision_within_earned_tolerance(dtype, x_shape, log_gamma_shape, 
     keeps d/d log_gamma of a scalar log_gamma (about 40000 * grad) in range too."""
     bases, views = make_triple(x_shape, log_gamma_shape, layout, log_gamma_fill=lambda t: 0.3 * t,
                                residual_scale=0.3)
-    compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, bases, views, reduction, dtype,
-                         cotangent_scale=0.1)
+    compare_nll(bases, views, reduction, dtype, cotangent_scale=0.1)
 
 
 @pytest.mark.parametrize("log_gamma_shape", [(1, 200000), (200000,)], ids=str)
@@ -118,7 +144,7 @@ def test_long_rows_per_feature_log_gamma_within_earned_tolerance(log_gamma_shape
     data) leave that sum as most of the value."""
     bases, views = make_triple((2, 200000), log_gamma_shape, "contiguous", torch.float32,
                                log_gamma_fill=lambda t: 0.3 * t, residual_scale=0.01)
-    compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, bases, views, "none", torch.float32)
+    compare_nll(bases, views, "none", torch.float32)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
@@ -131,7 +157,7 @@ def test_large_residuals_with_large_gamma_stay_finite(dtype, log_gamma_shape):
     x_hat = x + 1e19 * (1 + 0.5 * torch.rand(3, 16, dtype=torch.float64))  # squares <= 2.25e38
     log_gamma = 20 - torch.rand(log_gamma_shape, dtype=torch.float64)
     views = [lambda t: t] * 3
-    compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, [x, x_hat, log_gamma], views, "none", dtype)
+    compare_nll([x, x_hat, log_gamma], views, "none", dtype)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -212,13 +238,12 @@ SPECIALS = st.lists(
 
 
 @st.composite
-def nll_cases(draw):
+def nll_cases(draw, log_gamma_layout):
     """A Case with hypothesis-chosen shapes, layouts, dtype and scales; the values come from a torch generator
     seeded by hypothesis, so a failing draw replays exactly."""
     batch = draw(st.integers(0, 6))
     features = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
     x_shape = (batch, *features)
-    log_gamma_layout = draw(st.sampled_from(LOG_GAMMA_LAYOUTS))
     log_gamma_shape = log_gamma_shape_for(log_gamma_layout, x_shape)
     layout = draw(st.sampled_from(LAYOUTS))
     dtype = draw(st.sampled_from((torch.float32, torch.float64)))
@@ -229,6 +254,14 @@ def nll_cases(draw):
     residual_scale = draw(st.sampled_from((0.0, 1e-20, 1e-3, 1.0, 1e6)))
     low = draw(st.floats(-20, 20))
     high = min(low + draw(st.sampled_from((0.0, 1e-3, 1.0, 40.0))), 20.0)
+    if dtype == torch.float32:
+        # The float32 reference's d/d log_gamma divides r^2 by (2 gamma^2)^2 (autograd of a division), which
+        # passes 3.4e38 long before the result does; keep r^2 / (4 gamma^4) below 1e36 for residuals up to
+        # 5 sigma (plus x's rounding) so that the reference it is judged against stays finite.
+        largest_residual = 5 * (residual_scale + 2 * torch.finfo(torch.float32).eps * x_scale)
+        if largest_residual > 0:
+            floor = math.log(largest_residual**2 / 4e36) / 4
+            low, high = max(low, floor), max(high, floor)
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**63 - 1)))
     x, view = make_input(x_shape, layout, generator=generator, fill=lambda t: t * x_scale)
     residual, _ = make_input(x_shape, layout, generator=generator, fill=lambda t: t * residual_scale)
@@ -246,11 +279,15 @@ def nll_cases(draw):
                    f"reduction={reduction} x_scale={x_scale:g} residual_scale={residual_scale:g} "
                    f"log_gamma in [{low:g}, {high:g}] specials={specials}")
     return Case(description, [x.to(dtype), x_hat.to(dtype), log_gamma.to(dtype)], [view, view, log_gamma_view],
-                reduction, dtype, bool(specials))
+                reduction, dtype, bool(specials), generator)
 
 
-@given(nll_cases())
-def test_property_matches_reference(case):
+# One property per log_gamma layout, so that a failure in one layout does not hide the others (hypothesis
+# stops at the first failing draw).
+@pytest.mark.parametrize("log_gamma_layout", LOG_GAMMA_LAYOUTS)
+@given(data=st.data())
+def test_property_matches_reference(log_gamma_layout, data):
+    case = data.draw(nll_cases(log_gamma_layout), label="case")
     if case.has_specials:
         # NaN and inf: the per-sample values must carry exactly the reference's NaN/inf pattern.
         args = [view(t) for view, t in zip(case.views, case.bases)]
@@ -258,8 +295,7 @@ def test_property_matches_reference(case):
         assert_all_match([actual], [reference.gaussian_nll(*args, reduction=case.reduction)],
                          [reference.gaussian_nll(*(t.double() for t in args), reduction=case.reduction)])
     else:
-        compare_to_reference(vaefast.gaussian_nll, reference.gaussian_nll, case.bases, case.views, case.reduction,
-                             case.dtype)
+        compare_nll(case.bases, case.views, case.reduction, case.dtype, generator=case.generator)
 
 
 @pytest.mark.parametrize("x_shape, log_gamma_shape", [
@@ -321,8 +357,8 @@ def test_batch_sized_log_gamma_is_per_sample(batch, features):
     log_gamma = torch.randn(batch, dtype=torch.float64, requires_grad=True)
     out = vaefast.gaussian_nll(x, x_hat, log_gamma, reduction="none")
     expected = torch.stack([
-        ((x[b] - x_hat[b]) ** 2).sum() / (2 * math.exp(2 * float(log_gamma[b])))
-        + features * (float(log_gamma[b]) + 0.5 * math.log(2 * math.pi))
+        ((x[b] - x_hat[b]) ** 2).sum() / (2 * math.exp(2 * float(log_gamma[b].detach())))
+        + features * (float(log_gamma[b].detach()) + 0.5 * math.log(2 * math.pi))
         for b in range(batch)
     ])
     assert_close64(out.detach(), expected)
