@@ -49,11 +49,14 @@ def max_error(actual, expected):
     return float((actual[finite] - expected[finite]).abs().max())
 
 
-def assert_earned(actual, reference_lowp, reference64, *, factor=2.0, floor_ulps=8):
+def assert_earned(actual, reference_lowp, reference64, *, factor=2.0, floor_ulps=8, scale=None):
     """A result in a low precision may be off the float64 truth by about twice what the reference itself
     loses in that precision (STYLE.md rule 7). The floor (a few ulps of the largest value) covers draws
-    where the reference happens to be exact."""
-    scale = float(reference64.detach().double().abs()[reference64.isfinite()].max()) if reference64.numel() else 0.0
+    where the reference happens to be exact. `scale`, when given, is the largest magnitude the computation
+    passes through before a cancellation (a sum of terms of both signs), if larger than the result's."""
+    finite = reference64.detach().double().abs()[reference64.isfinite()]
+    largest = float(finite.max()) if finite.numel() else 0.0  # an all-NaN/inf reference leaves only the pattern
+    scale = largest if scale is None else max(largest, scale)
     eps = torch.finfo(actual.dtype).eps
     budget = factor * max_error(reference_lowp, reference64) + floor_ulps * eps * max(scale, 1.0)
     error = max_error(actual, reference64)

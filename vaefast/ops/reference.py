@@ -25,7 +25,8 @@ def reduce_per_sample(per_sample, reduction):
 
 def sum_per_sample(values):
     """[B, ...] -> [B]: sum over every dimension but the first."""
-    return values.reshape(values.shape[0], -1).sum(dim=1)
+    # math.prod, not -1: with B = 0 the -1 would be ambiguous (reshape refuses [0, -1]).
+    return values.reshape(values.shape[0], math.prod(values.shape[1:])).sum(dim=1)
 
 
 def reparameterize(mu, logvar, *, num_samples=None, generator=None, eps=None):
@@ -45,7 +46,9 @@ def gaussian_kl(mu, logvar, *, reduction="mean"):
 
 def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):
     """Per-sample -log N(x | x_hat, exp(log_gamma)^2 I); a [B] log_gamma is per sample."""
-    if log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
+    if log_gamma.numel() == 1:
+        log_gamma = log_gamma.reshape(())  # one value of any rank is a scalar, even of higher rank than x
+    elif log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
         log_gamma = log_gamma.reshape(-1, *([1] * (x.dim() - 1)))
     terms = (x - x_hat).pow(2) / (2 * torch.exp(2 * log_gamma)) + log_gamma + HALF_LOG_2PI
     return reduce_per_sample(sum_per_sample(terms.expand(x.shape)), reduction)

@@ -1,0 +1,278 @@
+"""Tests of vaefast.gaussian_kl: values and gradients against the float64 reference (vaefast.ops.reference)
+and against torch.distributions, earned tolerances in float32/float16/bfloat16, gradcheck, opcheck,
+torch.compile, hypothesis properties (extreme logvar, NaN/inf), determinism across thread counts, the
+VAEFAST_BACKEND=reference path and argument validation. Inputs are fresh random draws on every run."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from torch.distributions import Normal, kl_divergence
+
+import vaefast
+from tests.conftest import assert_close64
+from tests.op_testing import (
+    LAYOUTS, Case, REDUCTIONS, assert_all_match, compare_to_reference, cotangent_for, forward_backward, make_input,
+    run_with_reference_backend,
+)
+from vaefast.ops import reference
+
+# [1, 5]: one sample; [0, 7]: empty batch; [7, 0]: no features; [2, 20000]: rows spanning three 8192-element
+# reduction chunks; [4, 13]: features not a multiple of the 8-lane vectors; [6]: 1-D, one feature each.
+SHAPES = [(1, 5), (0, 7), (7, 0), (2, 20000), (5, 3, 4, 4), (4, 13), (6,)]
+
+
+def make_pair(shape, layout, dtype=torch.float64, generator=None):
+    mu, view = make_input(shape, layout, dtype=dtype, generator=generator)
+    logvar, _ = make_input(shape, layout, dtype=dtype, generator=generator)
+    return [mu, logvar], [view, view]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_float64_reference(shape, layout, reduction):
+    bases, views = make_pair(shape, layout)
+    compare_to_reference(vaefast.gaussian_kl, reference.gaussian_kl, bases, views, reduction, torch.float64)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_empty_batch_and_no_features(reduction):
+    """B = 0: empty, 0 or NaN (torch's mean of nothing); no features: a KL of zero per sample."""
+    empty = vaefast.gaussian_kl(torch.randn(0, 7), torch.randn(0, 7), reduction=reduction)
+    expected_empty = {"none": torch.empty(0), "sum": torch.tensor(0.0), "mean": torch.tensor(math.nan)}
+    torch.testing.assert_close(empty, expected_empty[reduction], equal_nan=True)
+    featureless = vaefast.gaussian_kl(torch.randn(7, 0), torch.randn(7, 0), reduction=reduction)
+    assert bool((featureless == 0).all()) and featureless.shape == ((7,) if reduction == "none" else ())
+
+
+def test_matches_torch_distributions():
+    """An independent formula: torch.distributions' closed-form KL of two Normals, summed per sample."""
+    shape = (4, 3, 5)
+    mu, logvar = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    identity = [lambda t: t, lambda t: t]
+
+    def via_distributions(mu, logvar, reduction):
+        prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), prior)
+        return reference.reduce_per_sample(kl.reshape(kl.shape[0], -1).sum(dim=1), reduction)
+
+    for reduction in REDUCTIONS:
+        cotangent = cotangent_for(shape[0], reduction)
+        actual = forward_backward(vaefast.gaussian_kl, [mu, logvar], identity, cotangent, reduction=reduction)
+        expected = forward_backward(via_distributions, [mu, logvar], identity, cotangent, reduction=reduction)
+        for got, want in zip(actual, expected):
+            assert_close64(got, want)
+
+
+@pytest.mark.parametrize("reduction", ("none", "mean"))
+@pytest.mark.parametrize("shape, layout", [((4, 37), "contiguous"), ((2, 20000), "contiguous"),
+                                           ((3, 4, 5, 6), "step")], ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
+def test_low_precision_within_earned_tolerance(dtype, shape, layout, reduction):
+    """Off the float64 truth by at most about twice what the reference loses in the same dtype."""
+    bases, views = make_pair(shape, layout)
+    compare_to_reference(vaefast.gaussian_kl, reference.gaussian_kl, bases, views, reduction, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape, layout", [((3, 4), "contiguous"), ((2, 3, 2), "transposed"), ((3, 5), "step")],
+                         ids=str)
+def test_gradcheck(shape, layout, reduction):
+    (mu, logvar), (view, _) = make_pair(shape, layout)
+    mu.requires_grad_()
+    logvar.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda mu, logvar: vaefast.gaussian_kl(view(mu), view(logvar), reduction=reduction), (mu, logvar)
+    )
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_opcheck(dtype):
+    for shape, layout in [((3, 5), "contiguous"), ((2, 3, 4), "transposed")]:
+        (mu, logvar), (view, _) = make_pair(shape, layout, dtype)
+        mu, logvar = view(mu), view(logvar)
+        torch.library.opcheck(torch.ops.vaefast.gaussian_kl,
+                              (mu.detach().requires_grad_(), logvar.detach().requires_grad_()))
+        grad = torch.randn(shape[0], dtype=dtype)
+        torch.library.opcheck(torch.ops.vaefast.gaussian_kl_backward, (grad, mu, logvar))
+
+
+def kl_loss(kl, mu, logvar, weights):
+    """A small training loss around a KL implementation: weighted per-sample terms plus the batch mean."""
+    return (kl(mu, logvar, reduction="none") * weights).sum() + kl(mu, logvar)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    # backend="inductor": this CPU machine has the C++ compiler it needs (about 10 s for this graph).
+    compiled = torch.compile(lambda *args: kl_loss(vaefast.gaussian_kl, *args), fullgraph=True, backend="inductor")
+    shape = (6, 40)
+    bases = [torch.randn(shape), torch.randn(shape), torch.randn(shape[0])]
+    views = [lambda t: t] * 3
+    cotangent = torch.randn(())
+    actual = forward_backward(compiled, bases, views, cotangent)
+    eager = forward_backward(lambda *args: kl_loss(vaefast.gaussian_kl, *args), bases, views, cotangent)
+    reference32 = forward_backward(lambda *args: kl_loss(reference.gaussian_kl, *args), bases, views, cotangent)
+    exact = forward_backward(lambda *args: kl_loss(reference.gaussian_kl, *args), [b.double() for b in bases],
+                             views, cotangent)
+    # Compiled within twice eager's own float32 error, and eager within twice the reference's.
+    assert_all_match(actual, eager, exact)
+    assert_all_match(eager, reference32, exact)
+
+
+# Up to two NaN/inf values at hypothesis-chosen positions: (tensor, flat index modulo its size, value).
+SPECIALS = st.lists(
+    st.tuples(st.sampled_from(("mu", "logvar")), st.integers(0, 2**20),
+              st.sampled_from((math.nan, math.inf, -math.inf))),
+    max_size=2,
+)
+
+
+@st.composite
+def kl_cases(draw):
+    """A Case with hypothesis-chosen shape, layout, dtype and scales; the values come from a torch generator
+    seeded by hypothesis, so a failing draw replays exactly."""
+    batch = draw(st.integers(0, 6))
+    features = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(st.sampled_from((torch.float32, torch.float64)))
+    reduction = draw(st.sampled_from(REDUCTIONS))
+    mu_scale = draw(st.sampled_from((0.0, 1e-20, 1e-3, 1.0, 1e3, 1e6)))
+    # logvar ~ U(low, low + width) inside [-80, 80]: exp(80) = 5.5e34 keeps float32 sums of up to 729
+    # terms finite; widths down to 1e-6 sit in the cancellation zone near logvar = 0.
+    low = draw(st.floats(-80, 80))
+    width = draw(st.sampled_from((0.0, 1e-6, 1e-3, 1.0, 10.0, 160.0)))
+    high = min(low + width, 80.0)
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**63 - 1)))
+    shape = (batch, *features)
+    mu, view = make_input(shape, layout, generator=generator, fill=lambda t: t * mu_scale)
+    logvar, _ = make_input(shape, layout, generator=generator,
+                           fill=lambda t: low + (high - low) * torch.rand(t.shape, dtype=t.dtype, generator=generator))
+    specials = draw(SPECIALS)
+    for name, index, value in specials:
+        target = mu if name == "mu" else logvar
+        if target.numel():
+            target.view(-1)[index % target.numel()] = value
+    description = (f"shape {list(shape)} {layout} {dtype} reduction={reduction} mu_scale={mu_scale:g} "
+                   f"logvar in [{low:g}, {high:g}] specials={specials}")
+    return Case(description, [mu.to(dtype), logvar.to(dtype)], [view, view], reduction, dtype, bool(specials),
+                generator)
+
+
+@given(kl_cases())
+def test_property_matches_reference(case):
+    if case.has_specials:
+        # NaN and inf: the per-sample values must carry exactly the reference's NaN/inf pattern.
+        args = [view(t) for view, t in zip(case.views, case.bases)]
+        actual = vaefast.gaussian_kl(*args, reduction=case.reduction)
+        assert_all_match([actual], [reference.gaussian_kl(*args, reduction=case.reduction)],
+                         [reference.gaussian_kl(*(t.double() for t in args), reduction=case.reduction)])
+    else:
+        compare_to_reference(vaefast.gaussian_kl, reference.gaussian_kl, case.bases, case.views, case.reduction,
+                             case.dtype, case.generator)
+
+
+@pytest.mark.parametrize("shape", [(2, 20000), (5, 3, 4, 4), (300, 70)], ids=str)
+def test_bit_identical_across_thread_counts(shape):
+    bases, views = make_pair(shape, "contiguous", torch.float32)
+    cotangent = cotangent_for(shape[0], "none")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = forward_backward(vaefast.gaussian_kl, bases, views, cotangent, reduction="none")
+        torch.set_num_threads(2)
+        two = forward_backward(vaefast.gaussian_kl, bases, views, cotangent, reduction="none")
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+REFERENCE_BACKEND_SCRIPT = """
+import torch, vaefast
+info = vaefast.backend_info()
+outputs = {"compiled": info["compiled"], "backend": info["backend"], "cases": []}
+for case in torch.load("inputs.pt"):
+    mu, logvar = case["mu"].requires_grad_(), case["logvar"].requires_grad_()
+    value = vaefast.gaussian_kl(mu, logvar, reduction=case["reduction"])
+    grads = torch.autograd.grad(value, (mu, logvar), case["cotangent"])
+    outputs["cases"].append([value.detach(), *grads])
+torch.save(outputs, "outputs.pt")
+"""
+
+
+def test_reference_backend_subprocess(tmp_path):
+    cases = []
+    for shape, reduction in [((4, 3, 5), "none"), ((3, 9), "mean"), ((0, 7), "sum")]:
+        mu, logvar = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+        cases.append({"mu": mu, "logvar": logvar, "reduction": reduction,
+                      "cotangent": cotangent_for(shape[0], reduction)})
+    torch.save(cases, tmp_path / "inputs.pt")
+    run_with_reference_backend(REFERENCE_BACKEND_SCRIPT, tmp_path)
+    outputs = torch.load(tmp_path / "outputs.pt")
+    assert outputs["compiled"] is False and outputs["backend"] == "reference"
+    assert vaefast.backend_info()["compiled"], "this process should run the compiled kernels"
+    for case, theirs in zip(cases, outputs["cases"], strict=True):
+        ours = forward_backward(vaefast.gaussian_kl, [case["mu"], case["logvar"]], [lambda t: t] * 2,
+                                case["cotangent"], reduction=case["reduction"])
+        for got, want in zip(ours, theirs):
+            assert_close64(got, want)
+
+
+def test_mixed_dtypes_promote_like_torch():
+    mu16 = torch.randn(3, 4, dtype=torch.float16, requires_grad=True)
+    logvar_bf16 = torch.randn(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    out = vaefast.gaussian_kl(mu16, logvar_bf16)
+    assert out.dtype == torch.promote_types(torch.float16, torch.bfloat16) == torch.float32
+    out.backward()
+    assert mu16.grad.dtype == torch.float16 and logvar_bf16.grad.dtype == torch.bfloat16
+
+    mu32 = torch.randn(3, 4, dtype=torch.float32)
+    logvar64 = torch.randn(3, 4, dtype=torch.float64)
+    out = vaefast.gaussian_kl(mu32, logvar64, reduction="none")
+    assert out.dtype == torch.float64
+    assert_close64(out, reference.gaussian_kl(mu32.double(), logvar64, reduction="none"))
+
+
+def zeros(*shape, dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype)
+
+
+# (mu, logvar, reduction, expected error, start of its message): every message names the argument.
+BAD_ARGUMENTS = [
+    (zeros(3, 4), zeros(3, 5), "mean", ValueError, r"^logvar must have the shape of mu"),
+    (zeros(3, 4), zeros(4, 3), "mean", ValueError, r"^logvar must have the shape of mu"),
+    (zeros(), zeros(), "mean", ValueError, r"^mu must have at least 1 dim"),
+    (zeros(3, 4, dtype=torch.int64), zeros(3, 4), "mean", TypeError, r"^mu must be a floating"),
+    (zeros(3, 4), zeros(3, 4, dtype=torch.int32), "mean", TypeError, r"^logvar must be a floating"),
+    (zeros(3, 4), zeros(3, 4, dtype=torch.bool), "mean", TypeError, r"^logvar must be a floating"),
+    (zeros(3, 4, dtype=torch.complex64), zeros(3, 4), "mean", TypeError, r"^mu must be a floating"),
+    ([[0.0]], zeros(1, 1), "mean", TypeError, r"^mu must be a torch.Tensor"),
+    (zeros(1, 1), 0.0, "mean", TypeError, r"^logvar must be a torch.Tensor"),
+    (zeros(3, 4), zeros(3, 4), "avg", ValueError, r"^reduction must be one of"),
+    (zeros(3, 4), zeros(3, 4), None, ValueError, r"^reduction must be one of"),
+]
+
+
+@pytest.mark.parametrize("mu, logvar, reduction, error, match", BAD_ARGUMENTS,
+                         ids=[f"{i}-{case[-1]}" for i, case in enumerate(BAD_ARGUMENTS)])
+def test_bad_arguments_raise_naming_the_argument(mu, logvar, reduction, error, match):
+    with pytest.raises(error, match=match):
+        vaefast.gaussian_kl(mu, logvar, reduction=reduction)
+
+
+def test_registered_op_checks_its_arguments():
+    """A direct torch.ops call skips the Python checks; the C++ ones must still refuse what the kernel
+    cannot read safely, naming the argument."""
+    with pytest.raises(RuntimeError, match="logvar must have the shape of mu"):
+        torch.ops.vaefast.gaussian_kl(torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(RuntimeError, match="logvar has dtype"):
+        torch.ops.vaefast.gaussian_kl(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="grad must have shape"):
+        torch.ops.vaefast.gaussian_kl_backward(torch.randn(2), torch.randn(3, 4), torch.randn(3, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put the arguments on two devices")
+def test_different_devices_raise():
+    with pytest.raises(ValueError, match=r"^logvar is on"):
+        vaefast.gaussian_kl(torch.randn(3, 4), torch.randn(3, 4, device="cuda"))
