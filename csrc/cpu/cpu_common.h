@@ -74,6 +74,27 @@ inline acc lane_sum(const Vec<acc>& v) {
   return total;
 }
 
+// sum of term(j) over [begin, end): the vector body keeps four independent accumulators (each lane sums at
+// most 1/32 of a chunk's float terms, and four adds are in flight), the scalar tail adds in order. vec_term(j)
+// returns the Vec of terms j .. j + width - 1, scalar_term(j) term j; either may also write outputs for
+// its elements. Which elements take which path depends only on [begin, end), never on the threads.
+template <typename acc, typename VecTerm, typename ScalarTerm>
+inline acc chunk_sum(int64_t begin, int64_t end, const VecTerm& vec_term, const ScalarTerm& scalar_term) {
+  constexpr int64_t width = Vec<acc>::size();
+  Vec<acc> sum0(acc(0)), sum1(acc(0)), sum2(acc(0)), sum3(acc(0));
+  int64_t j = begin;
+  for (; j + 4 * width <= end; j += 4 * width) {
+    sum0 += vec_term(j);
+    sum1 += vec_term(j + width);
+    sum2 += vec_term(j + 2 * width);
+    sum3 += vec_term(j + 3 * width);
+  }
+  for (; j + width <= end; j += width) sum0 += vec_term(j);
+  acc total = lane_sum((sum0 + sum1) + (sum2 + sum3));
+  for (; j < end; ++j) total += scalar_term(j);
+  return total;
+}
+
 // Elements per reduction work item: large enough to amortise the task, small enough that a batch of one
 // long row still spreads over every core. Fixed, so the summation order never depends on the threads.
 constexpr int64_t kReduceChunk = 8192;

@@ -11,23 +11,15 @@ namespace cpu {
 template <typename scalar_t>
 void gaussian_kl_forward(const GaussianKlParams<scalar_t>& p) {
   using acc = acc_t<scalar_t>;
-  constexpr int64_t width = Vec<acc>::size();
   std::vector<acc> totals(p.batch);
-  auto chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
+  auto row_chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
     const scalar_t* mu = p.mu + row * p.features;
     const scalar_t* logvar = p.logvar + row * p.features;
-    Vec<acc> lanes(acc(0));
-    int64_t j = begin;
-    for (; j + width <= end; j += width) {
-      lanes += gaussian_kl_term(load_acc(mu + j), load_acc(logvar + j));
-    }
-    acc total = lane_sum(lanes);
-    for (; j < end; ++j) {
-      total += gaussian_kl_term(static_cast<acc>(mu[j]), static_cast<acc>(logvar[j]));
-    }
-    return total;
+    return chunk_sum<acc>(
+        begin, end, [&](int64_t j) { return gaussian_kl_term(load_acc(mu + j), load_acc(logvar + j)); },
+        [&](int64_t j) { return gaussian_kl_term(static_cast<acc>(mu[j]), static_cast<acc>(logvar[j])); });
   };
-  deterministic_row_sums<acc>(p.batch, p.features, chunk_sum, totals.data());
+  deterministic_row_sums<acc>(p.batch, p.features, row_chunk_sum, totals.data());
   for (int64_t b = 0; b < p.batch; ++b) p.per_sample[b] = static_cast<scalar_t>(totals[b]);
 }
 

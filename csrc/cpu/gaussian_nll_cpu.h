@@ -14,32 +14,28 @@ namespace cpu {
 constexpr int64_t kNllRowBlock = 64;
 
 // sum_j of 0.5 * (x - x_hat)^2 * inv_var over [begin, end) of one row, with inv_var either one value
-// (inv_var_row) or one per feature (inv_var_features != nullptr).
+// (inv_var_row) or one per feature (inv_var_features != nullptr). Each term is scaled before it is summed:
+// summing raw squares first would overflow float32 for residuals near 1e19 even where gamma is large
+// enough for the scaled terms to be finite.
 template <typename scalar_t, typename acc>
 acc residual_sum(const scalar_t* x, const scalar_t* x_hat, acc inv_var_row, const acc* inv_var_features,
                  int64_t begin, int64_t end) {
-  constexpr int64_t width = Vec<acc>::size();
-  Vec<acc> lanes(acc(0));
-  int64_t j = begin;
   if (inv_var_features == nullptr) {
-    // Sum the squares first and scale once: one multiply per row instead of per element.
-    for (; j + width <= end; j += width) {
-      lanes += gaussian_nll_residual_term(load_acc(x + j), load_acc(x_hat + j), Vec<acc>(acc(1)));
-    }
-    acc total = lane_sum(lanes);
-    for (; j < end; ++j) {
-      total += gaussian_nll_residual_term(static_cast<acc>(x[j]), static_cast<acc>(x_hat[j]), acc(1));
-    }
-    return total * inv_var_row;
+    const Vec<acc> inv_var(inv_var_row);
+    return chunk_sum<acc>(
+        begin, end, [&](int64_t j) { return gaussian_nll_residual_term(load_acc(x + j), load_acc(x_hat + j), inv_var); },
+        [&](int64_t j) {
+          return gaussian_nll_residual_term(static_cast<acc>(x[j]), static_cast<acc>(x_hat[j]), inv_var_row);
+        });
   }
-  for (; j + width <= end; j += width) {
-    lanes += gaussian_nll_residual_term(load_acc(x + j), load_acc(x_hat + j), Vec<acc>::loadu(inv_var_features + j));
-  }
-  acc total = lane_sum(lanes);
-  for (; j < end; ++j) {
-    total += gaussian_nll_residual_term(static_cast<acc>(x[j]), static_cast<acc>(x_hat[j]), inv_var_features[j]);
-  }
-  return total;
+  return chunk_sum<acc>(
+      begin, end,
+      [&](int64_t j) {
+        return gaussian_nll_residual_term(load_acc(x + j), load_acc(x_hat + j), Vec<acc>::loadu(inv_var_features + j));
+      },
+      [&](int64_t j) {
+        return gaussian_nll_residual_term(static_cast<acc>(x[j]), static_cast<acc>(x_hat[j]), inv_var_features[j]);
+      });
 }
 
 // log_gamma per feature, widened, with 1 / gamma^2 per feature and sum_j (log_gamma_j + 0.5 log 2 pi).
@@ -48,11 +44,15 @@ struct FeatureLogGamma {
   std::vector<acc> inv_var;
   acc constant_sum = 0;
   FeatureLogGamma(const scalar_t* log_gamma, int64_t features) : inv_var(features) {
+    // Summed once per call, in double: a running float32 sum over 1e5 pixels would lose ~1e-3 relative,
+    // far more than the per-sample sums around it.
+    double constants = 0;
     for (int64_t j = 0; j < features; ++j) {
       const acc value = static_cast<acc>(log_gamma[j]);
       inv_var[j] = inverse_variance(value);
-      constant_sum += gaussian_nll_constant_term(value);
+      constants += static_cast<double>(gaussian_nll_constant_term(value));
     }
+    constant_sum = static_cast<acc>(constants);
   }
 };
 
@@ -66,12 +66,12 @@ void gaussian_nll_forward(const GaussianNllParams<scalar_t>& p) {
     case LogGammaLayout::kScalar:
     case LogGammaLayout::kPerSample: {
       const bool per_sample = p.layout == LogGammaLayout::kPerSample;
-      auto chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
+      auto row_chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
         const acc inv_var = inverse_variance(static_cast<acc>(p.log_gamma[per_sample ? row : 0]));
         return residual_sum<scalar_t, acc>(p.x + row * p.features, p.x_hat + row * p.features, inv_var, nullptr,
                                            begin, end);
       };
-      deterministic_row_sums<acc>(p.batch, p.features, chunk_sum, totals.data());
+      deterministic_row_sums<acc>(p.batch, p.features, row_chunk_sum, totals.data());
       for (int64_t b = 0; b < p.batch; ++b) {
         const acc log_gamma = static_cast<acc>(p.log_gamma[per_sample ? b : 0]);
         totals[b] += features * gaussian_nll_constant_term(log_gamma);
@@ -80,30 +80,28 @@ void gaussian_nll_forward(const GaussianNllParams<scalar_t>& p) {
     }
     case LogGammaLayout::kPerFeature: {
       const FeatureLogGamma<scalar_t> feature(p.log_gamma, p.features);
-      auto chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
+      auto row_chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
         return residual_sum<scalar_t, acc>(p.x + row * p.features, p.x_hat + row * p.features, acc(0),
                                            feature.inv_var.data(), begin, end);
       };
-      deterministic_row_sums<acc>(p.batch, p.features, chunk_sum, totals.data());
+      deterministic_row_sums<acc>(p.batch, p.features, row_chunk_sum, totals.data());
       for (int64_t b = 0; b < p.batch; ++b) totals[b] += feature.constant_sum;
       break;
     }
     case LogGammaLayout::kFull: {
-      auto chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
+      auto chunk_sum_full = [&](int64_t row, int64_t begin, int64_t end) {
         const int64_t base = row * p.features;
-        Vec<acc> lanes(acc(0));
-        int64_t j = base + begin;
-        for (; j + width <= base + end; j += width) {
-          lanes += gaussian_nll_term(load_acc(p.x + j), load_acc(p.x_hat + j), load_acc(p.log_gamma + j));
-        }
-        acc total = lane_sum(lanes);
-        for (; j < base + end; ++j) {
-          total += gaussian_nll_term(static_cast<acc>(p.x[j]), static_cast<acc>(p.x_hat[j]),
-                                     static_cast<acc>(p.log_gamma[j]));
-        }
-        return total;
+        return chunk_sum<acc>(
+            base + begin, base + end,
+            [&](int64_t j) {
+              return gaussian_nll_term(load_acc(p.x + j), load_acc(p.x_hat + j), load_acc(p.log_gamma + j));
+            },
+            [&](int64_t j) {
+              return gaussian_nll_term(static_cast<acc>(p.x[j]), static_cast<acc>(p.x_hat[j]),
+                                       static_cast<acc>(p.log_gamma[j]));
+            });
       };
-      deterministic_row_sums<acc>(p.batch, p.features, chunk_sum, totals.data());
+      deterministic_row_sums<acc>(p.batch, p.features, chunk_sum_full, totals.data());
       break;
     }
   }
@@ -111,31 +109,26 @@ void gaussian_nll_forward(const GaussianNllParams<scalar_t>& p) {
 }
 
 // Writes grad_x_hat = grad_row * (x_hat - x) * inv_var over [begin, end) of one row and returns
-// sum_j (x - x_hat)^2 * inv_var there (the data part of d/d log_gamma), inv_var as in residual_sum.
+// sum_j (x - x_hat)^2 * inv_var there (the data part of d/d log_gamma).
 template <typename scalar_t, typename acc>
 acc grad_x_hat_and_residuals(const scalar_t* x, const scalar_t* x_hat, scalar_t* grad_x_hat, acc grad_row,
-                             acc inv_var_row, const acc* inv_var_features, int64_t begin, int64_t end) {
-  constexpr int64_t width = Vec<acc>::size();
+                             acc inv_var, int64_t begin, int64_t end) {
   const Vec<acc> grad_v(grad_row);
-  Vec<acc> lanes(acc(0));
-  acc total = 0;
-  int64_t j = begin;
-  for (; j + width <= end; j += width) {
-    const Vec<acc> inv_var = inv_var_features ? Vec<acc>::loadu(inv_var_features + j) : Vec<acc>(inv_var_row);
-    const Vec<acc> xj = load_acc(x + j);
-    const Vec<acc> x_hat_j = load_acc(x_hat + j);
-    store_acc(grad_x_hat + j, grad_v * gaussian_nll_grad_x_hat(xj, x_hat_j, inv_var));
-    lanes += Vec<acc>(acc(2)) * gaussian_nll_residual_term(xj, x_hat_j, inv_var);
-  }
-  total = lane_sum(lanes);
-  for (; j < end; ++j) {
-    const acc inv_var = inv_var_features ? inv_var_features[j] : inv_var_row;
-    const acc xj = static_cast<acc>(x[j]);
-    const acc x_hat_j = static_cast<acc>(x_hat[j]);
-    grad_x_hat[j] = static_cast<scalar_t>(grad_row * gaussian_nll_grad_x_hat(xj, x_hat_j, inv_var));
-    total += acc(2) * gaussian_nll_residual_term(xj, x_hat_j, inv_var);
-  }
-  return total;
+  const Vec<acc> inv_var_v(inv_var);
+  return chunk_sum<acc>(
+      begin, end,
+      [&](int64_t j) {
+        const Vec<acc> xj = load_acc(x + j);
+        const Vec<acc> x_hat_j = load_acc(x_hat + j);
+        store_acc(grad_x_hat + j, grad_v * gaussian_nll_grad_x_hat(xj, x_hat_j, inv_var_v));
+        return Vec<acc>(acc(2)) * gaussian_nll_residual_term(xj, x_hat_j, inv_var_v);
+      },
+      [&](int64_t j) {
+        const acc xj = static_cast<acc>(x[j]);
+        const acc x_hat_j = static_cast<acc>(x_hat[j]);
+        grad_x_hat[j] = static_cast<scalar_t>(grad_row * gaussian_nll_grad_x_hat(xj, x_hat_j, inv_var));
+        return acc(2) * gaussian_nll_residual_term(xj, x_hat_j, inv_var);
+      });
 }
 
 template <typename scalar_t>
@@ -149,13 +142,13 @@ void gaussian_nll_backward(const GaussianNllBackwardParams<scalar_t>& p) {
       // d per_sample[b] / d log_gamma = D - sum_j (x - x_hat)^2 / gamma^2 (REFERENCE.md section 1).
       const bool per_sample = p.layout == LogGammaLayout::kPerSample;
       std::vector<acc> residuals(p.batch);
-      auto chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
+      auto row_chunk_sum = [&](int64_t row, int64_t begin, int64_t end) {
         const int64_t base = row * p.features;
         const acc inv_var = inverse_variance(static_cast<acc>(p.log_gamma[per_sample ? row : 0]));
         return grad_x_hat_and_residuals<scalar_t, acc>(p.x + base, p.x_hat + base, p.grad_x_hat + base,
-                                                       static_cast<acc>(p.grad[row]), inv_var, nullptr, begin, end);
+                                                       static_cast<acc>(p.grad[row]), inv_var, begin, end);
       };
-      deterministic_row_sums<acc>(p.batch, p.features, chunk_sum, residuals.data());
+      deterministic_row_sums<acc>(p.batch, p.features, row_chunk_sum, residuals.data());
       acc scalar_total = 0;
       for (int64_t b = 0; b < p.batch; ++b) {
         const acc grad_log_gamma = static_cast<acc>(p.grad[b]) * (features - residuals[b]);
