@@ -15,12 +15,22 @@ struct LogGammaPlan {
   at::Tensor values;  // [1], [B], [features] or [B, features], contiguous
 };
 
+// True when a tensor of shape `shape` broadcasts to `target` without changing it (numpy rules).
+bool broadcasts_to(at::IntArrayRef shape, at::IntArrayRef target) {
+  if (shape.size() > target.size()) return false;
+  const size_t lead = target.size() - shape.size();
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] != 1 && shape[d] != target[lead + d]) return false;
+  }
+  return true;
+}
+
 LogGammaPlan plan_log_gamma(const at::Tensor& log_gamma, const at::Tensor& x) {
   if (log_gamma.numel() == 1) return {LogGammaLayout::kScalar, log_gamma.reshape({1}).contiguous()};
   if (log_gamma.dim() == 1 && log_gamma.size(0) == x.size(0)) {
     return {LogGammaLayout::kPerSample, log_gamma.contiguous()};
   }
-  TORCH_CHECK(log_gamma.dim() <= x.dim() && at::infer_size(log_gamma.sizes(), x.sizes()) == x.sizes(),
+  TORCH_CHECK(broadcasts_to(log_gamma.sizes(), x.sizes()),
               "log_gamma must be a scalar, [B] = [", x.size(0), "] or broadcastable to x ", x.sizes(), "; got ",
               log_gamma.sizes());
   // Left-pad to x's rank; a leading size of 1 means the same values for every sample.
