@@ -115,3 +115,22 @@ def test_unknown_backend_is_a_clear_error():
     result = run_with_backend("fast", "import vaefast")
     assert result.returncode != 0
     assert "VAEFAST_BACKEND" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda a, b: vaefast.reparameterize(a, b), "logvar"),
+        (lambda a, b: vaefast.reparameterize(a, a, eps=b), "eps"),
+        (lambda a, b: vaefast.gaussian_kl(a, b), "logvar"),
+        (lambda a, b: vaefast.gaussian_nll(a, b, torch.zeros(())), "x_hat"),
+        (lambda a, b: vaefast.gaussian_nll(a, a, b[0, 0]), "log_gamma"),
+        (lambda a, b: vaefast.mmd(a, b), "y"),
+    ],
+)
+def test_arguments_on_different_devices_are_named(call, name):
+    """The check needs two devices, not a GPU: the meta device (shapes without data) is one."""
+    here = torch.randn(4, 3)
+    elsewhere = torch.randn(4, 3).to("meta")
+    with pytest.raises(ValueError, match=name):
+        call(here, elsewhere)
