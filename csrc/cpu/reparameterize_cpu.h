@@ -51,8 +51,10 @@ void draw_normals(uint64_t seed, uint64_t offset, int64_t first, int64_t count, 
     for (int pair = 0; pair < 2; ++pair) {
       const Vec<acc> radius = box_muller_radius(Vec<acc>::loadu(u[2 * pair] + k));
       const Vec<acc> theta = box_muller_angle(Vec<acc>::loadu(u[2 * pair + 1] + k));
-      (radius * math_cos(theta)).store(normals[2 * pair]);
-      (radius * math_sin(theta)).store(normals[2 * pair + 1]);
+      Vec<acc> sine, cosine;
+      math_sincos(theta, &sine, &cosine);
+      (radius * cosine).store(normals[2 * pair]);
+      (radius * sine).store(normals[2 * pair + 1]);
     }
     for (int64_t lane = 0; lane < width && k + lane < blocks; ++lane) {
       for (int word = 0; word < 4; ++word) eps[4 * (k + lane) + word] = normals[word][lane];
