@@ -206,13 +206,17 @@ def train_two_stage(model, x, stage1_config, stage2_config, *, num_samples=64):
 
 
 def save_grid(images, path, *, columns=None):
-    """Tiles images [N, C, H, W] in [0, 1] (C = 1 or 3) into one PNG, 1-pixel white gaps, grey or RGB."""
+    """Tiles images [N, C, H, W] in [0, 1] (C = 1 or 3) into one PNG, 1-pixel white gaps, grey or RGB;
+    images under 32 pixels wide are enlarged by an integer factor."""
     import matplotlib.image
 
     images = images.detach().float().clamp(0, 1).cpu()
     if images.dim() == 2:  # flat samples of a square image: [N, H*W] -> [N, 1, H, W]
         side = math.isqrt(images.shape[1])
         images = images.reshape(-1, 1, side, side)
+    # Small images are enlarged (nearest neighbour) to at least 32 pixels: an 8x8 digit is a speck otherwise.
+    scale = max(1, math.ceil(32 / images.shape[-1]))
+    images = images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     count, channels, height, width = images.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
