@@ -5,7 +5,6 @@ Superfluous latent dimensions are "switched off": their encoder variance sits ne
 useful ones have variance near 0. The MMD of the aggregate latents to N(0, I) measures the mismatch that
 stage 2 is there to remove (the paper: MNIST 2.85 after stage 1 -> 0.43 after stage 2).
 """
-import math
 from typing import Optional
 
 import torch
@@ -28,8 +27,8 @@ def _data_model(model) -> VAE:
 @torch.no_grad()
 def _encoder_statistics(vae: VAE, x: Tensor, batch_size: int,
                         labels: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Eval-mode pass over x [N, ...] -> (mu [N, d], std [N, d], squared error of decode(mu) summed [])."""
-    means, stds, squared_error = [], [], x.new_zeros((), dtype=torch.float64)
+    """Eval-mode pass over x [N, ...] -> (mu [N, d], logvar [N, d], squared error of decode(mu) summed [])."""
+    means, logvars, squared_error = [], [], x.new_zeros((), dtype=torch.float64)
     with evaluating(vae):
         for start in range(0, x.shape[0], batch_size):
             batch = x[start:start + batch_size]
@@ -38,8 +37,8 @@ def _encoder_statistics(vae: VAE, x: Tensor, batch_size: int,
             x_hat = vae.mean(vae.decoder_output(mu, condition))
             squared_error += (batch - x_hat).double().pow(2).sum()
             means.append(mu)
-            stds.append(torch.exp(0.5 * logvar))
-    return torch.cat(means), torch.cat(stds), squared_error
+            logvars.append(logvar)
+    return torch.cat(means), torch.cat(logvars), squared_error
 
 
 def latent_variances(model, x: Tensor, batch_size: int = 256, labels: Optional[Tensor] = None) -> Tensor:
@@ -47,8 +46,8 @@ def latent_variances(model, x: Tensor, batch_size: int = 256, labels: Optional[T
 
     model: a VAE, ConditionalVAE (with labels [N]) or TwoStageVAE (its stage 1). Eval mode, no grad.
     """
-    _, std, _ = _encoder_statistics(_data_model(model), x, batch_size, labels)
-    return std.pow(2).mean(dim=0)
+    _, logvar, _ = _encoder_statistics(_data_model(model), x, batch_size, labels)
+    return logvar.exp().mean(dim=0)
 
 
 def active_dimensions(variances: Tensor, threshold: float = 0.5) -> int:
@@ -72,30 +71,31 @@ def diagnostics(model, x: Tensor, batch_size: int = 256, *, labels: Optional[Ten
     The MMD uses the first max_mmd_points rows: its cost grows as n^2.
     """
     if isinstance(model, WAE):
+        latents, squared_error = [], x.new_zeros((), dtype=torch.float64)
         with evaluating(model):
-            z = torch.cat([model.encode(batch) for batch in x.split(batch_size)])
-            squared_error = sum(float((batch - model.decode(model.encode(batch))).double().pow(2).sum())
-                                for batch in x.split(batch_size))
+            for batch in x.split(batch_size):
+                latents.append(model.encode(batch))
+                squared_error += (batch - model.decode(latents[-1])).double().pow(2).sum()
         return {"gamma": None, "active_dimensions": None,
-                "latent_mmd_stage1": latent_mmd(z[:max_mmd_points], generator=generator),
-                "reconstruction_mse": squared_error / x.numel()}
+                "latent_mmd_stage1": latent_mmd(torch.cat(latents)[:max_mmd_points], generator=generator),
+                "reconstruction_mse": float(squared_error) / x.numel()}
     if (labels is not None) != isinstance(model, ConditionalVAE):
         raise ValueError("labels [N] are needed for a ConditionalVAE and only there")
     vae = _data_model(model)
-    mu, std, squared_error = _encoder_statistics(vae, x, batch_size, labels)
-    z = vaefast.reparameterize(mu[:max_mmd_points], 2 * torch.log(std[:max_mmd_points]), generator=generator)
+    mu, logvar, squared_error = _encoder_statistics(vae, x, batch_size, labels)
+    z = vaefast.reparameterize(mu[:max_mmd_points], logvar[:max_mmd_points], generator=generator)
     result = {
         "gamma": None if vae.gamma is None else float(vae.gamma),
-        "active_dimensions": active_dimensions(std.pow(2).mean(dim=0)),
+        "active_dimensions": active_dimensions(logvar.exp().mean(dim=0)),
         "latent_mmd_stage1": latent_mmd(z, generator=generator),
         "reconstruction_mse": float(squared_error) / x.numel(),
     }
     if isinstance(model, TwoStageVAE):
-        mu_u, std_u, _ = _encoder_statistics(model.stage2, z, batch_size, None)
-        u = vaefast.reparameterize(mu_u, 2 * torch.log(std_u), generator=generator)
+        mu_u, logvar_u, _ = _encoder_statistics(model.stage2, z, batch_size, None)
+        u = vaefast.reparameterize(mu_u, logvar_u, generator=generator)
         result.update({
             "gamma_z": float(model.stage2.gamma),
-            "active_dimensions_stage2": active_dimensions(std_u.pow(2).mean(dim=0)),
+            "active_dimensions_stage2": active_dimensions(logvar_u.exp().mean(dim=0)),
             "latent_mmd_stage2": latent_mmd(u, generator=generator),
         })
     return result

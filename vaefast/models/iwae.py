@@ -23,6 +23,8 @@ def iwae_bound(model: VAE, x: Tensor, num_samples: int, labels: Optional[Tensor]
     and wrap the call in torch.no_grad unless the bound is being trained on. A batch-wise "optimal" gamma
     is taken over all k * B reconstructions.
     """
+    if not isinstance(model, VAE):
+        raise TypeError(f"iwae_bound needs a VAE or ConditionalVAE (a TwoStageVAE's stage1); got {type(model).__name__}")
     condition = None if labels is None else model.one_hot(labels)
     mu, logvar = model.posterior(x, condition)  # [B, d] each
     z = vaefast.reparameterize(mu, logvar, num_samples=num_samples)  # [k, B, d]

@@ -75,11 +75,10 @@ class VAE(nn.Module):
                                      config.hidden_dims, config.width)
         if config.likelihood == "gaussian" and config.gamma == "learned":
             self.log_gamma = nn.Parameter(torch.zeros(()))  # the official code's init: gamma = 1
-        elif config.likelihood == "gaussian" and not isinstance(config.gamma, str):
-            # Not persistent: the config holds it, so checkpoints need not.
-            self.register_buffer("log_gamma", torch.tensor(math.log(config.gamma)), persistent=False)
         else:
-            self.log_gamma = None  # optimal gamma comes from each batch; bernoulli has none
+            # A fixed gamma is made in the data's dtype when used (a stored float32 copy would round it);
+            # the optimal one comes from each batch; bernoulli has none.
+            self.log_gamma = None
         # Counts training forwards for the KL warm-up; a tensor so that checkpoints resume the schedule.
         self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
 
@@ -118,8 +117,10 @@ class VAE(nn.Module):
             return None
         if self.config.gamma == "optimal":
             log_gamma = 0.5 * torch.log((x - x_hat.detach()).pow(2).mean())
-        else:
+        elif self.config.gamma == "learned":
             log_gamma = self.log_gamma
+        else:
+            log_gamma = x_hat.new_tensor(math.log(self.config.gamma))
         if self.config.gamma_min is not None:
             log_gamma = log_gamma.clamp(min=math.log(self.config.gamma_min))
         return log_gamma
@@ -127,8 +128,10 @@ class VAE(nn.Module):
     @property
     def gamma(self) -> Optional[Tensor]:
         """0-dim decoder std (learned or fixed, floored), detached; None for optimal gamma and bernoulli."""
-        if self.log_gamma is None:
+        if self.config.likelihood == "bernoulli" or self.config.gamma == "optimal":
             return None
+        if self.config.gamma != "learned":
+            return next(self.decoder.parameters()).new_tensor(self.config.gamma)
         log_gamma = self.log_gamma.detach()
         if self.config.gamma_min is not None:
             log_gamma = log_gamma.clamp(min=math.log(self.config.gamma_min))
@@ -146,12 +149,13 @@ class VAE(nn.Module):
         log_gamma = self.current_log_gamma(x, x_hat)
         return vaefast.gaussian_nll(x, x_hat, log_gamma, reduction="none"), x_hat, log_gamma
 
-    def kl_weight(self) -> Union[float, Tensor]:
-        """beta * min(1, t / kl_warmup_steps) after t training steps (a tensor: no host sync); beta without
-        warm-up."""
+    def kl_weight(self) -> Tensor:
+        """beta * min(1, t / kl_warmup_steps) after t training steps, beta without warm-up: a 0-dim float64
+        tensor (no host sync; float64 so that a float64 model's loss is not rounded through float32)."""
+        beta = torch.full((), self.config.beta, dtype=torch.float64, device=self.training_steps.device)
         if self.config.kl_warmup_steps == 0:
-            return self.config.beta
-        return self.config.beta * (self.training_steps / self.config.kl_warmup_steps).clamp(max=1.0)
+            return beta
+        return beta * (self.training_steps.double() / self.config.kl_warmup_steps).clamp(max=1.0)
 
     def forward(self, x: Tensor, labels: Optional[Tensor] = None) -> ModelOutput:
         """x [B, *data_shape] in [0, 1] -> ModelOutput. labels are ignored (the model is unconditional);
@@ -164,7 +168,7 @@ class VAE(nn.Module):
         nll, x_hat, log_gamma = self.reconstruction(x, z, condition)
         nll = nll.mean()
         kl = vaefast.gaussian_kl(mu, logvar)
-        loss = nll + self.kl_weight() * kl
+        loss = nll + self.kl_weight().to(kl.dtype) * kl
         if self.training:
             self.training_steps += 1
         gamma = None if log_gamma is None else log_gamma.detach().exp()
