@@ -1,0 +1,205 @@
+"""The `vaefast` command: train, sample, eval, info. Also reachable as `python -m vaefast`.
+
+    vaefast train two-stage --data digits --epochs 30 --lr 1e-3 --out runs/digits
+    vaefast sample runs/digits/stage2.pt -n 64 --out grid.png
+    vaefast eval runs/digits/stage2.pt
+    vaefast info
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+SAMPLE_GRID = "samples.png"
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .train import TrainingDiverged
+
+    try:
+        return args.run(args)
+    except (FileNotFoundError, ValueError, TrainingDiverged) as error:
+        print(f"vaefast {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="vaefast", description="Train, sample and evaluate VAEs, WAEs and "
+                                     "Two-Stage VAEs on vaefast's fused ops.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model and write checkpoints, metrics and sample grids",
+                                description="Train a model. Writes OUT/checkpoint.pt (stage1.pt and stage2.pt "
+                                "for two-stage), OUT/metrics.jsonl, sample grids, and prints the diagnostics.")
+    train.add_argument("kind", choices=["vae", "wae", "two-stage"], help="the model")
+    train.add_argument("--data", default="digits", help="'digits' (built in), 'mnist', or the path of an .npz "
+                       "(x_train/y_train/x_test/y_test) or a directory of IDX files (default: digits)")
+    train.add_argument("--data-dir", help="where 'mnist' lives (mnist.npz or IDX files; default $VAEFAST_DATA_DIR)")
+    train.add_argument("--limit", type=int, help="use only the first N training examples (quick runs)")
+    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--epochs", type=int, default=400, help="epochs (stage 1 for two-stage; official: 400)")
+    train.add_argument("--stage2-epochs", type=int, help="two-stage: stage-2 epochs (default: 2 x --epochs, "
+                       "the official 800 for 400)")
+    train.add_argument("--batch-size", type=int, default=64, help="batch size per process (official: 64)")
+    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (official: 1e-4)")
+    train.add_argument("--lr-halve-every", type=int, help="halve lr every K epochs (default: the official 150 for "
+                       "stage 1 and single models, 300 for stage 2); 0 keeps it constant")
+    train.add_argument("--latent-dim", type=int, help="latent dimension (default: 64, the paper's, or a quarter of "
+                       "the data's dimension when that is smaller: 16 for 8x8 digits)")
+    train.add_argument("--architecture", choices=["mlp", "infogan", "resnet"],
+                       help="networks (default: infogan for 28x28 and 32x32 images, mlp otherwise)")
+    train.add_argument("--gamma", default="learned", help="vae/two-stage decoder std: learned, optimal or a number")
+    train.add_argument("--mmd-weight", type=float, default=10.0, help="wae: lambda, the weight of the MMD term")
+    train.add_argument("--stage2-width", type=int, help="two-stage: stage-2 layer width (default: 16 x the latent "
+                       "dimension up to 1024: the paper's 1024 for kappa = 64, 256 for the digits' 16)")
+    train.add_argument("--stage2-depth", type=int, default=3, help="two-stage: stage-2 layers (paper: 3)")
+    train.add_argument("--seed", type=int, default=0, help="seeds the initial weights, data order and noise")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    train.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (always one at the end)")
+    train.add_argument("--log-every", type=int, default=50, help="steps between metric records")
+    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    train.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); small models such as "
+                       "the digits' MLPs run fastest on 1, and a second thread on busy cores can cost 5x")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=run_train)
+
+    sample = commands.add_parser("sample", help="draw samples from a checkpoint into a PNG grid",
+                                 description="Draw samples from a trained model and save them as one PNG grid.")
+    sample.add_argument("checkpoint", help="a checkpoint written by `vaefast train`")
+    sample.add_argument("-n", "--num-samples", type=int, default=64)
+    sample.add_argument("--out", default="grid.png", help="PNG path (default: grid.png)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="cpu")
+    sample.set_defaults(run=run_sample)
+
+    evaluate = commands.add_parser("eval", help="print a checkpoint's diagnostics and write eval.json",
+                                   description="Diagnostics of a trained model (gamma, active latent "
+                                   "dimensions, latent MMD to N(0, I) per stage, reconstruction MSE) on a data "
+                                   "split; prints a table and writes eval.json next to the checkpoint.")
+    evaluate.add_argument("checkpoint", help="a checkpoint written by `vaefast train`")
+    evaluate.add_argument("--data", help="data set (default: the one the run was trained on, from run.json)")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--split", default="test", choices=["train", "test"])
+    evaluate.add_argument("--limit", type=int, default=2000, help="first N examples (default 2000)")
+    evaluate.add_argument("--out", help="JSON path (default: eval.json beside the checkpoint)")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(run=run_eval)
+
+    info = commands.add_parser("info", help="print which kernels were compiled (JSON)",
+                               description="Print vaefast.backend_info() as JSON.")
+    info.set_defaults(run=run_info)
+    return parser
+
+
+def run_train(args):
+    from .data import load_dataset
+    from .models import build
+    from .train import TrainConfig, save_grid, train, train_two_stage
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x, labels = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit)
+    torch.manual_seed(args.seed)  # the initial weights
+    model = build(args.kind, model_config(args, tuple(x.shape[1:])))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps({"kind": args.kind, "data": args.data, "data_dir": args.data_dir,
+                                              "argv": sys.argv[1:]}, indent=2) + "\n")
+
+    def stage_config(epochs, official_halving):
+        halving = official_halving if args.lr_halve_every is None else (args.lr_halve_every or None)
+        return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, lr_halve_every=halving,
+                           device=args.device, amp=args.amp, compile=args.compile, log_every=args.log_every,
+                           checkpoint_every=args.checkpoint_every, seed=args.seed, out_dir=str(out),
+                           resume=args.resume, progress=not args.no_progress)
+
+    if args.kind == "two-stage":
+        train_two_stage(model, x, stage_config(args.epochs, 150),
+                        stage_config(args.stage2_epochs or 2 * args.epochs, 300))
+        checkpoint = out / "stage2.pt"
+        grids = [out / "samples_stage1.png", out / "samples_stage2.png"]
+    else:
+        train(model, x, stage_config(args.epochs, 150))
+        with torch.no_grad():
+            save_grid(model.sample(64, generator=torch.Generator(args.device).manual_seed(args.seed)), out / SAMPLE_GRID)
+        checkpoint = out / "checkpoint.pt"
+        grids = [out / SAMPLE_GRID]
+    print(f"checkpoint: {checkpoint}\nsample grids: {', '.join(str(g) for g in grids)}")
+    evaluate_and_report(model, args.data, args.data_dir, "test", 2000, args.device, out / "eval.json")
+    return 0
+
+
+def model_config(args, data_shape):
+    """The model's config dict from the command line and the data's shape."""
+    features = 1
+    for size in data_shape:
+        features *= size
+    latent_dim = args.latent_dim or min(64, max(2, features // 4))
+    architecture = args.architecture or (
+        "infogan" if len(data_shape) == 3 and data_shape[1:] in ((28, 28), (32, 32)) else "mlp")
+    networks = {"data_shape": data_shape, "latent_dim": latent_dim, "architecture": architecture}
+    if args.kind == "wae":
+        return {**networks, "mmd_weight": args.mmd_weight}
+    gamma = args.gamma if args.gamma in ("learned", "optimal") else float(args.gamma)
+    if args.kind == "vae":
+        return {**networks, "gamma": gamma}
+    return {"stage1": {**networks, "gamma": gamma}, "stage2_width": args.stage2_width or min(1024, 16 * latent_dim),
+            "stage2_depth": args.stage2_depth}
+
+
+def run_sample(args):
+    from .train import load_model, save_grid
+
+    model, _ = load_model(args.checkpoint, args.device)
+    with torch.no_grad():
+        images = model.sample(args.num_samples, generator=torch.Generator(args.device).manual_seed(args.seed))
+    save_grid(images, args.out)
+    print(f"{args.num_samples} samples -> {args.out}")
+    return 0
+
+
+def run_eval(args):
+    from .train import load_model
+
+    model, _ = load_model(args.checkpoint, args.device)
+    data, data_dir = args.data, args.data_dir
+    run_file = Path(args.checkpoint).parent / "run.json"
+    if data is None:
+        if not run_file.is_file():
+            raise ValueError(f"no --data given and no {run_file} to read the training data set from")
+        run = json.loads(run_file.read_text())
+        data, data_dir = run["data"], data_dir or run.get("data_dir")
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
+    evaluate_and_report(model, data, data_dir, args.split, args.limit, args.device, out)
+    return 0
+
+
+def evaluate_and_report(model, data, data_dir, split, limit, device, out):
+    """Prints the diagnostics table of `model` on a data split and writes it to `out` as JSON."""
+    from .data import load_dataset
+    from .models import diagnostics
+
+    x, _ = load_dataset(data, data_dir=data_dir, split=split, limit=limit)
+    x = x.to(device, next(model.parameters()).dtype)
+    result = diagnostics(model, x, generator=torch.Generator(device).manual_seed(0))
+    print(f"diagnostics on {data} ({split}, {x.shape[0]} examples):")
+    width = max(len(name) for name in result)
+    for name, value in result.items():
+        shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        print(f"  {name:<{width}}  {shown}")
+    Path(out).write_text(json.dumps({"data": str(data), "split": split, "examples": x.shape[0], **result},
+                                    indent=2) + "\n")
+    print(f"written: {out}")
+
+
+def run_info(args):
+    from . import backend_info
+
+    print(json.dumps(backend_info(), indent=2))
+    return 0

@@ -1,0 +1,385 @@
+"""vaefast.train: one explicit training loop for every vaefast model, and the Two-Stage VAE's two stages.
+
+`train(model, x, config)` reads top to bottom: set up the device and the optimizer (Adam with the official
+step schedule: lr halved every `lr_halve_every` epochs), restore a checkpoint when resuming, then for each
+epoch draw a permutation, slice batches out of the data set that lives on the device, step, log every
+`log_every` steps, checkpoint every `checkpoint_every` epochs and at the end. No callbacks, no DataLoader.
+
+Speed: the whole data set is moved to the device once and batches are index slices (no worker processes,
+no host-to-device copy per step); metrics accumulate on the device and reach the host only every
+`log_every` steps. The one per-step sync is the non-finite guard (`check_finite`, on by default): deciding
+whether to apply a step needs the loss on the host. On CPU that costs nothing (there is no queue to drain);
+on CUDA it is one 4-byte copy per step. A sync-free guard would need a copy of parameters and Adam's
+moments to roll back to (three times the model per step) or an optimizer that masks its own update;
+neither is worth it for models of this size. `check_finite=False` removes the sync and the guard.
+
+Reproducibility: the data order comes from a dedicated torch.Generator seeded with `seed`; the model's
+noise (reparameterisation, prior samples) from torch's default generator, seeded with `seed + rank`.
+Checkpoints hold both, with the model, optimizer and scheduler state, so a resumed run ends with
+bit-identical parameters to an uninterrupted one.
+"""
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import distributed
+from .ops import reparameterize
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 400  # the official stage-1 budget; stage 2 uses 800
+    batch_size: int = 64  # per process; the official value
+    lr: float = 1e-4  # Adam's initial learning rate
+    lr_halve_every: Optional[int] = 150  # epochs between halvings of lr (official: 150 stage 1, 300 stage 2); None = constant
+    drop_last: bool = True  # the official code drops the last partial batch of each epoch
+    device: str = "cpu"
+    amp: bool = False  # bf16 autocast on CUDA; ignored on CPU, with a note
+    compile: bool = False  # torch.compile the forward pass
+    log_every: int = 50  # steps between host syncs for metrics (and at the end of each epoch)
+    checkpoint_every: Optional[int] = None  # epochs between checkpoints; one is always written at the end
+    max_bad_steps: int = 20  # consecutive non-finite losses after which training stops
+    check_finite: bool = True  # skip non-finite steps (one host sync per step; see the module docstring)
+    seed: int = 0
+    out_dir: Optional[str] = None  # checkpoints, metrics.jsonl, sample grids; None writes nothing
+    resume: bool = False  # continue from out_dir's checkpoint when there is one
+    progress: bool = True  # a tqdm bar: epoch, loss, gamma, images/s
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after max_bad_steps consecutive non-finite losses; the model holds the last good step."""
+
+
+def train(model, x, config, *, labels=None, stage=None):
+    """Trains `model` on x [N, *data_shape] (the whole set, any device); returns the logged metrics.
+
+    labels: int64 [N] handed to forward (conditional models). stage: None trains the model as a whole;
+    "stage1" trains a TwoStageVAE's stage 1; "stage2" trains its stage 2 on x = (mu_z, sigma_z), the stored
+    encoder moments, drawing fresh z = mu_z + sigma_z * eps every epoch (train_two_stage does both).
+    Returns one dict per log point (stage, epoch, step, lr, images_per_s, bad_steps, loss, nll, kl, gamma,
+    and the model's extra terms); rank 0 also appends them to out_dir/metrics.jsonl.
+    """
+    context = distributed.setup(config.device)
+    device = context.device
+    out_dir = Path(config.out_dir) if config.out_dir is not None else None
+    checkpoint_path = out_dir / f"{stage or 'checkpoint'}.pt" if out_dir is not None else None
+    writes = out_dir is not None and context.is_main
+    if writes:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    model.to(device)
+    module = _trainable_part(model, stage)
+    dtype = next(module.parameters()).dtype
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=config.lr_halve_every or 2**62, gamma=0.5 if config.lr_halve_every else 1.0
+    )
+    order_generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed + context.rank)
+    start_epoch, step = 0, 0
+    if config.resume and checkpoint_path is not None and checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+        _restore_rng(checkpoint["rng"], order_generator, context)
+        _note(context, f"resuming {checkpoint_path} at epoch {start_epoch} (step {step})")
+
+    if stage == "stage2":
+        mu_z, sigma_z = (t.to(device, dtype) for t in x)
+        logvar_z = 2 * torch.log(sigma_z)  # reparameterize takes log-variances: log sigma^2
+        num_examples = mu_z.shape[0]
+    else:
+        x = x.to(device, dtype)
+        num_examples = x.shape[0]
+    labels = labels.to(device) if labels is not None else None
+
+    forward = module
+    if context.world_size > 1:
+        forward = nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+        model.latent_gather = distributed.gather_rows  # a WAE's MMD sees every rank's latents
+    if config.compile:
+        forward = torch.compile(forward)
+    use_amp = config.amp and device.type == "cuda"
+    if config.amp and not use_amp:
+        _note(context, "amp ignored: bf16 autocast is used on CUDA only; training in full precision")
+
+    per_rank = num_examples // context.world_size
+    steps_per_epoch = per_rank // config.batch_size if config.drop_last else math.ceil(per_rank / config.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {per_rank} examples each process "
+                         "gets; lower it or set drop_last=False")
+    buffer_backup = [b.detach().clone() for b in module.buffers()] if config.check_finite else []
+    sums, window_steps, window_start = {}, 0, time.perf_counter()
+    bad_in_a_row, bad_total = 0, 0
+    history = []
+    bar = _progress_bar(config, context, (config.epochs - start_epoch) * steps_per_epoch, stage)
+    for epoch in range(start_epoch, config.epochs):
+        module.train()
+        # Stage 2 of the Two-Stage VAE: fresh z ~ N(mu_z, sigma_z^2) every epoch, from the stored moments.
+        data = reparameterize(mu_z, logvar_z) if stage == "stage2" else x
+        order = torch.randperm(num_examples, generator=order_generator)
+        order = order[context.rank::context.world_size][:per_rank].to(device)
+        for batch in range(steps_per_epoch):
+            index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+            inputs = data[index]  # [batch_size, *data_shape]
+            for saved, buffer in zip(buffer_backup, module.buffers()):
+                saved.copy_(buffer)  # BatchNorm statistics, restored if this step turns out bad
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                output = forward(inputs, labels=labels[index]) if labels is not None else forward(inputs)
+            step += 1
+            if config.check_finite and not distributed.all_finite(output.loss, context):
+                # Nothing is applied: no backward, no optimizer step, buffers as before the forward.
+                for saved, buffer in zip(buffer_backup, module.buffers()):
+                    buffer.copy_(saved)
+                bad_in_a_row, bad_total = bad_in_a_row + 1, bad_total + 1
+                if bad_in_a_row >= config.max_bad_steps:
+                    bar.close()
+                    kept = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path is not None and checkpoint_path.exists() else ""
+                    raise TrainingDiverged(
+                        f"training stopped: {bad_in_a_row} consecutive steps had a non-finite loss (epoch "
+                        f"{epoch + 1}, step {step}; {bad_total} bad steps in all). The model holds the last good "
+                        f"step{kept}. Lower the learning rate or check the data for NaN/inf."
+                    )
+                bar.update(1)
+                continue
+            bad_in_a_row = 0
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            optimizer.step()
+            _accumulate(sums, output)
+            window_steps += 1
+            bar.update(1)
+            if step % config.log_every == 0 or batch == steps_per_epoch - 1:
+                record = _flush(sums, window_steps, time.perf_counter() - window_start, context, config)
+                record.update(stage=stage, epoch=epoch + 1, step=step, lr=optimizer.param_groups[0]["lr"],
+                              bad_steps=bad_total)
+                history.append(record)
+                if writes:
+                    with open(out_dir / "metrics.jsonl", "a") as metrics:
+                        metrics.write(json.dumps(record) + "\n")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{record.get('loss', float('nan')):.4g}",
+                                gamma=f"{record.get('gamma', float('nan')):.3g}",
+                                img_s=f"{record['images_per_s']:.0f}", refresh=False)
+                sums, window_steps, window_start = {}, 0, time.perf_counter()
+        scheduler.step()
+        last = epoch + 1 == config.epochs
+        if checkpoint_path is not None and (last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0)):
+            state = _checkpoint_state(model, optimizer, scheduler, epoch + 1, step, order_generator, context, config, stage)
+            if writes:
+                save_checkpoint(state, checkpoint_path)
+            distributed.barrier(context)
+    bar.close()
+    if context.world_size > 1:
+        del model.latent_gather
+    return history
+
+
+def train_two_stage(model, x, stage1_config, stage2_config, *, num_samples=64):
+    """The Two-Stage VAE recipe: stage 1 as a VAE on x; then one eval-mode encoder pass storing mu_z and
+    sigma_z; then stage 1 frozen and stage 2 trained on fresh z = mu_z + sigma_z * eps every epoch.
+
+    Writes stage1.pt / stage2.pt (each the whole model) and samples_stage1.png / samples_stage2.png (grids
+    of num_samples samples; stage 1's decodes u ~ N(0, I) directly) to each stage's out_dir.
+    Returns {"stage1": metrics, "stage2": metrics}.
+    """
+    history1 = train(model, x, stage1_config, stage="stage1")
+    _write_samples(model.stage1, stage1_config, "samples_stage1.png", num_samples)
+    device = distributed.setup(stage1_config.device).device
+    mu_z, sigma_z = model.stage2_data(x.to(device, next(model.parameters()).dtype), batch_size=256)
+    model.freeze_stage1()
+    history2 = train(model, (mu_z, sigma_z), stage2_config, stage="stage2")
+    _write_samples(model, stage2_config, "samples_stage2.png", num_samples)
+    return {"stage1": history1, "stage2": history2}
+
+
+def save_grid(images, path, *, columns=None):
+    """Tiles images [N, C, H, W] in [0, 1] (C = 1 or 3) into one PNG, 1-pixel white gaps, grey or RGB;
+    images under 32 pixels wide are enlarged by an integer factor."""
+    import matplotlib.image
+
+    images = images.detach().float().clamp(0, 1).cpu()
+    if images.dim() == 2:  # flat samples of a square image: [N, H*W] -> [N, 1, H, W]
+        side = math.isqrt(images.shape[1])
+        images = images.reshape(-1, 1, side, side)
+    # Small images are enlarged (nearest neighbour) to at least 32 pixels: an 8x8 digit is a speck otherwise.
+    scale = max(1, math.ceil(32 / images.shape[-1]))
+    images = images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    count, channels, height, width = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = torch.ones(channels, rows * (height + 1) + 1, columns * (width + 1) + 1)
+    for i in range(count):
+        top, left = 1 + (i // columns) * (height + 1), 1 + (i % columns) * (width + 1)
+        grid[:, top:top + height, left:left + width] = images[i]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if channels == 1:
+        matplotlib.image.imsave(path, grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        matplotlib.image.imsave(path, grid.permute(1, 2, 0).numpy())
+
+
+def save_checkpoint(state, path):
+    """Writes state with torch.save atomically: a temporary file in the same directory, flushed and
+    fsynced, then os.replace over `path`. A crash at any point leaves the previous checkpoint intact."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every OS)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def load_checkpoint(path):
+    """The dict a training run saved (tensors on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: training writes <out>/checkpoint.pt "
+                                "(stage1.pt and stage2.pt for a Two-Stage VAE)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a vaefast checkpoint (format {CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+def load_model(path, device="cpu"):
+    """(model, checkpoint): the model a checkpoint describes, built with vaefast.models.build, with its
+    weights, in eval mode."""
+    from .models import build
+
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind") is None:
+        raise ValueError(f"{path} holds no model kind/config (trained from a model vaefast.models does not "
+                         "know); rebuild the model yourself and load checkpoint['model']")
+    model = build(checkpoint["kind"], checkpoint["config"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
+class _StageTwo(nn.Module):
+    """A TwoStageVAE's stage 2 as a module of its own, so that DDP and torch.compile (which wrap a module's
+    forward) see forward_stage2 and only stage 2's parameters; stage 1 stays out of train mode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.stage2 = model.stage2
+        self._forward_stage2 = model.forward_stage2  # a bound method, not a registered submodule
+
+    def forward(self, z):
+        return self._forward_stage2(z)
+
+
+def _trainable_part(model, stage):
+    if stage is None:
+        return model
+    if stage == "stage1":
+        return model.stage1  # TwoStageVAE.forward(x) is stage 1's forward
+    if stage == "stage2":
+        return _StageTwo(model)
+    raise ValueError(f"stage must be None, 'stage1' or 'stage2'; got {stage!r}")
+
+
+def _accumulate(sums, output):
+    """Adds the step's 0-dim terms to on-device running sums (no host sync)."""
+    terms = {"loss": output.loss, "nll": output.nll, "kl": output.kl, "gamma": output.gamma, **output.extra}
+    for name, value in terms.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
+            value = value.detach().float()
+            sums[name] = sums[name] + value if name in sums else value.clone()
+
+
+def _flush(sums, steps, seconds, context, config):
+    """Window means of the accumulated terms (the one host sync of a log point) and throughput."""
+    record = {name: float(value) / steps for name, value in sums.items()} if steps else {}
+    record["images_per_s"] = steps * config.batch_size * context.world_size / max(seconds, 1e-9)
+    return record
+
+
+def _checkpoint_state(model, optimizer, scheduler, epoch, step, order_generator, context, config, stage):
+    kind, model_config = _describe(model)
+    rng = {
+        "torch": distributed.gather_objects(torch.get_rng_state(), context),  # one per rank
+        "order": order_generator.get_state(),
+    }
+    if context.device.type == "cuda":
+        rng["cuda"] = distributed.gather_objects(torch.cuda.get_rng_state(context.device), context)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": kind,
+        "config": model_config,
+        "model": model.state_dict(),
+        "stage": stage,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "rng": rng,
+        "train_config": asdict(config),
+    }
+
+
+def _restore_rng(rng, order_generator, context):
+    order_generator.set_state(rng["order"])
+    if len(rng["torch"]) == context.world_size:
+        torch.set_rng_state(rng["torch"][context.rank])
+        if "cuda" in rng and context.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"][context.rank], context.device)
+    else:
+        _note(context, f"resuming with {context.world_size} processes from a run with {len(rng['torch'])}: "
+                       "the data order continues exactly, the model's noise streams do not")
+
+
+def _describe(model):
+    """(kind, config dict) for vaefast.models' models; (None, None) for any other module."""
+    try:
+        from .models import config_of
+    except ImportError:
+        return None, None
+    try:
+        return config_of(model)
+    except (TypeError, ValueError, KeyError):
+        return None, None
+
+
+def _write_samples(model, config, name, num_samples):
+    if config.out_dir is None or not distributed.setup(config.device).is_main:
+        return
+    model.eval()
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(config.seed)
+    with torch.no_grad():
+        save_grid(model.sample(num_samples, generator=generator), Path(config.out_dir) / name)
+
+
+def _progress_bar(config, context, total, stage):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=stage or "train", unit="step", dynamic_ncols=True, leave=False,
+                disable=not (config.progress and context.is_main), file=sys.stderr)
+
+
+def _note(context, message):
+    if context.is_main:
+        print(f"vaefast: {message}", file=sys.stderr)
