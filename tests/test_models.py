@@ -574,3 +574,21 @@ def test_fused_ops_are_the_ones_used(monkeypatch):
     VAE(VAEConfig(data_shape=(5,), latent_dim=2, hidden_dims=(4,)))(torch.rand(3, 5))
     WAE(WAEConfig(data_shape=(5,), latent_dim=2, hidden_dims=(4,)))(torch.rand(3, 5))
     assert calls == ["reparameterize", "gaussian_nll", "gaussian_kl", "mmd_prior"]
+
+
+def test_wae_applies_the_latent_gather_hook():
+    """Under DDP the training loop sets latent_gather; the MMD must then see the gathered latents."""
+    model = WAE(WAEConfig(data_shape=(6,), latent_dim=3, hidden_dims=(8,), kernel="rbf"))
+    x = torch.rand(5, 6)
+    shapes = []
+
+    def gather(z):  # stands in for an all-gather over two ranks
+        shapes.append(tuple(z.shape))
+        return torch.cat([z, z.flip(0) + 1])
+
+    model.latent_gather = gather
+    out = model(x)
+    z = model.encode(x)
+    assert shapes == [(5, 3)]
+    expected = vaefast.mmd_prior(torch.cat([z, z.flip(0) + 1]), kernel="rbf")
+    assert torch.allclose(out.extra["mmd"], expected, rtol=1e-6, atol=1e-7)

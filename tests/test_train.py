@@ -162,11 +162,12 @@ class TinyWAE(nn.Module):
         super().__init__()
         self.encoder = nn.Linear(dim, latent)
         self.decoder = nn.Linear(latent, dim)
+        self.latent_gather = None  # set by the training loop under DDP, as on vaefast.models.WAE
 
     def forward(self, x, labels=None):
         z = self.encoder(x)
         squared_error = (x - self.decoder(z)).pow(2).sum(dim=1).mean()
-        gather = getattr(self, "latent_gather", None)
+        gather = self.latent_gather
         mmd = vaefast.mmd_prior(gather(z) if gather is not None else z, kernel="rbf")  # rbf: no prior samples
         return Output(squared_error + 10 * mmd, squared_error, None, None, {"mmd": mmd})
 

@@ -109,7 +109,8 @@ def train(model, x, config, *, labels=None, stage=None):
     forward = module
     if context.world_size > 1:
         forward = nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
-        model.latent_gather = distributed.gather_rows  # a WAE's MMD sees every rank's latents
+        if hasattr(model, "latent_gather"):
+            model.latent_gather = distributed.gather_rows  # a WAE's MMD sees every rank's latents
     if config.compile:
         forward = torch.compile(forward)
     use_amp = config.amp and device.type == "cuda"
@@ -182,8 +183,8 @@ def train(model, x, config, *, labels=None, stage=None):
                 save_checkpoint(state, checkpoint_path)
             distributed.barrier(context)
     bar.close()
-    if context.world_size > 1:
-        del model.latent_gather
+    if context.world_size > 1 and hasattr(model, "latent_gather"):
+        model.latent_gather = None
     return history
 
 

@@ -48,6 +48,9 @@ class WAE(nn.Module):
                                      config.hidden_dims, config.width)
         self.decoder = build_decoder(config.architecture, config.latent_dim, config.data_shape,
                                      config.hidden_dims, config.width)
+        # Under DistributedDataParallel the training loop sets this to an all-gather that keeps gradients
+        # ([B, d] -> [world * B, d]), so that the MMD is estimated on the global batch, not per rank.
+        self.latent_gather = None
 
     @classmethod
     def from_config(cls, config: WAEConfig) -> "WAE":
@@ -67,7 +70,8 @@ class WAE(nn.Module):
         z = self.encode(x)
         x_hat = self.decode(z)
         squared_error = (x - x_hat).pow(2).reshape(x.shape[0], math.prod(x.shape[1:])).sum(dim=1).mean()
-        mmd = vaefast.mmd_prior(z, kernel=self.config.kernel, bandwidth=self.config.bandwidth)
+        latents = z if self.latent_gather is None else self.latent_gather(z)
+        mmd = vaefast.mmd_prior(latents, kernel=self.config.kernel, bandwidth=self.config.bandwidth)
         return ModelOutput(loss=squared_error + self.config.mmd_weight * mmd, nll=squared_error, kl=None,
                            x_hat=x_hat, z=z, mu=None, logvar=None, gamma=None, extra={"mmd": mmd})
 
