@@ -38,11 +38,13 @@ struct NllTerm {
     if constexpr (kPerRow<layout>) {
       inv_var_row = inverse_variance(to_acc<acc>(log_gamma[layout == LogGammaLayout::kPerSample ? row : 0]));
     }
-    auto term = [&](acc xv, acc x_hat_v, const scalar_t* log_gamma_at) {
+    // log_gamma_value is unused (0) for the per-row layouts. Passed by value: a pointer into a register
+    // pack would force the pack into local memory.
+    auto term = [&](acc xv, acc x_hat_v, acc log_gamma_value) {
       if constexpr (kPerRow<layout>) {
         return gaussian_nll_residual_term(xv, x_hat_v, inv_var_row);
       } else {
-        return gaussian_nll_term(xv, x_hat_v, to_acc<acc>(*log_gamma_at));
+        return gaussian_nll_term(xv, x_hat_v, log_gamma_value);
       }
     };
     return lane_sum<acc, N>(
@@ -54,10 +56,15 @@ struct NllTerm {
           if constexpr (!kPerRow<layout>) log_gamma_p = *reinterpret_cast<const P*>(log_gamma_row + j);
           acc total = 0;
 #pragma unroll
-          for (int k = 0; k < N; ++k) total += term(to_acc<acc>(xp.v[k]), to_acc<acc>(x_hat_p.v[k]), &log_gamma_p.v[k]);
+          for (int k = 0; k < N; ++k) {
+            total += term(to_acc<acc>(xp.v[k]), to_acc<acc>(x_hat_p.v[k]), to_acc<acc>(log_gamma_p.v[k]));
+          }
           return total;
         },
-        [&](int64_t j) { return term(to_acc<acc>(x_row[j]), to_acc<acc>(x_hat_row[j]), log_gamma_row + j); });
+        [&](int64_t j) {
+          const acc log_gamma_value = kPerRow<layout> ? acc(0) : to_acc<acc>(log_gamma_row[j]);
+          return term(to_acc<acc>(x_row[j]), to_acc<acc>(x_hat_row[j]), log_gamma_value);
+        });
   }
 };
 

@@ -21,6 +21,8 @@
 // pass 2 accumulates (a_i - b_j) per pair (not (sum_j w) a_i - sum_j w b_j, which cancels). For d > 64
 // the statistics are recomputed per feature chunk (d / 64 times): the cost of keeping the output in
 // registers without a [n, m] buffer. Each output element is written by one thread: deterministic.
+#include <atomic>
+
 #include "../common/mmd_math.h"
 #include "cuda_common.cuh"
 #include "launchers.h"
@@ -249,8 +251,17 @@ void launch_row_gradients(const RowGradients<scalar_t>& g, const PairKernelConst
                           cudaStream_t stream) {
   using acc = acc_t<scalar_t>;
   constexpr size_t shared = kBackwardSharedBytes<acc>;  // 50 KB (float) / 100 KB (double): opt-in above 48 KB
-  cudaFuncSetAttribute(row_gradients_kernel<scalar_t, kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(shared));
+  // Set once per device (the first 64; later ones on every call), so that later calls, such as those under
+  // CUDA-graph capture after a warm-up, do nothing but launch.
+  static std::atomic<uint64_t> opted_in{0};
+  int device = 0;
+  cudaGetDevice(&device);
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit == 0 || (opted_in.load() & bit) == 0) {
+    cudaFuncSetAttribute(row_gradients_kernel<scalar_t, kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(shared));
+    opted_in.fetch_or(bit);
+  }
   const dim3 grid(static_cast<unsigned int>(tiles(g.rows_a)),
                   static_cast<unsigned int>((g.d + kBackwardChunk - 1) / kBackwardChunk));
   row_gradients_kernel<scalar_t, kernel><<<grid, kThreads, shared, stream>>>(g, constants);
