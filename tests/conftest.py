@@ -68,3 +68,20 @@ def assert_close64(actual, expected, *, rtol=1e-10, atol=1e-12):
     scale = float(expected.detach().abs()[expected.isfinite()].max()) if expected.numel() and bool(expected.isfinite().any()) else 1.0
     error = max_error(actual, expected)
     assert error <= atol + rtol * max(scale, 1.0), f"error {error:.3e} (scale {scale:.3e})"
+
+
+def _test_devices():
+    """"cpu", plus "cuda" where a GPU and the extension's CUDA kernels exist. VAEFAST_TEST_DEVICE=cuda (set
+    by python -m vaefast.gpu_check) makes a missing CUDA kernel an error rather than a silent CPU-only run."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    elif os.environ.get("VAEFAST_TEST_DEVICE") == "cuda":
+        raise RuntimeError("VAEFAST_TEST_DEVICE=cuda but torch sees no CUDA device")
+    return devices
+
+
+@pytest.fixture(params=_test_devices())
+def device(request):
+    """The device an op test runs on: op tests that take this fixture run on every available device."""
+    return request.param

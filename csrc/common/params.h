@@ -18,6 +18,12 @@ struct ReparameterizeParams {
   int64_t num_samples = 1;
   uint64_t seed = 0;
   uint64_t offset = 0;
+  // CUDA only, mirroring at::PhiloxCudaState for CUDA-graph capture: when seed_ptr is set, the kernel reads
+  // seed = *seed_ptr and offset = *offset_ptr + offset_intragraph on the device (the generator's graph-safe
+  // state, refreshed before each replay) instead of the two values above. The CPU kernel ignores them.
+  const int64_t* seed_ptr = nullptr;
+  const int64_t* offset_ptr = nullptr;
+  uint64_t offset_intragraph = 0;
 };
 
 // grad_logvar[i] = sum_s 0.5 * grad_z[s, i] * (z[s, i] - mu[i]). (grad_mu = sum_s grad_z[s, i] needs no
@@ -40,6 +46,8 @@ struct GaussianKlParams {
   scalar_t* per_sample = nullptr;    // [batch]
   int64_t batch = 0;
   int64_t features = 0;
+  // CUDA only: scratch of cuda::gaussian_kl_workspace_bytes(params) bytes for the per-chunk partial sums.
+  void* workspace = nullptr;
 };
 
 // grad_mu[b, j] = grad[b] * mu[b, j];  grad_logvar[b, j] = grad[b] * 0.5 * (exp(logvar[b, j]) - 1).
@@ -70,6 +78,8 @@ struct GaussianNllParams {
   int64_t batch = 0;
   int64_t features = 0;
   LogGammaLayout layout = LogGammaLayout::kScalar;
+  // CUDA only: scratch of cuda::gaussian_nll_workspace_bytes(params) bytes for the per-chunk partial sums.
+  void* workspace = nullptr;
 };
 
 // grad_x_hat[b, j] = grad[b] * (x_hat - x) / gamma^2; grad_log_gamma in log_gamma's layout, summed over
@@ -85,6 +95,8 @@ struct GaussianNllBackwardParams {
   int64_t batch = 0;
   int64_t features = 0;
   LogGammaLayout layout = LogGammaLayout::kScalar;
+  // CUDA only: scratch of cuda::gaussian_nll_backward_workspace_bytes(params) bytes (partial sums).
+  void* workspace = nullptr;
 };
 
 // Which pairwise kernel a kernel sum evaluates (the per-pair math is in mmd_math.h).
@@ -114,6 +126,8 @@ struct KernelSumParams {
   double scale_constant[kMaxKernelScales] = {};
   bool self_pairs = false;
   bool exclude_diagonal = false;
+  // CUDA only: scratch of cuda::kernel_sum_workspace_bytes(params) bytes (one double per thread block).
+  void* workspace = nullptr;
 };
 
 // grad_x[i] = grad * d out / d x_i and grad_y[j] = grad * d out / d y_j for the sum of KernelSumParams;

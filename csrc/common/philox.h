@@ -49,7 +49,7 @@ VAEFAST_HOST_DEVICE void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, 
 }
 
 VAEFAST_HOST_DEVICE Philox4 philox4x32_10(Philox4 counter, uint32_t key0, uint32_t key1) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < kPhiloxRounds; ++round) {

@@ -4,6 +4,10 @@
 
 #include <ATen/Dispatch.h>
 
+#ifdef VAEFAST_WITH_CUDA
+#include "cuda_glue.h"
+#endif
+
 namespace vaefast {
 namespace ops {
 namespace {
@@ -17,12 +21,28 @@ void check_kl_inputs(const at::Tensor& mu, const at::Tensor& logvar) {
 // [B, ...] x2 -> [B]
 at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar) {
   check_kl_inputs(mu, logvar);
-  TORCH_CHECK(mu.device().is_cpu(), "vaefast::gaussian_kl: no kernel for device ", mu.device());
+  TORCH_CHECK(has_kernel(mu), "vaefast::gaussian_kl: no kernel for device ", mu.device());
   const BatchView view = batch_view(mu);
   at::Tensor per_sample = at::zeros({view.batch}, mu.options());
   if (view.batch == 0 || view.features == 0) return per_sample;
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
+#ifdef VAEFAST_WITH_CUDA
+  if (mu.is_cuda()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl", [&] {
+      GaussianKlParams<cuda_scalar_t<scalar_t>> params;
+      params.mu = cuda_data<scalar_t>(mu_c);
+      params.logvar = cuda_data<scalar_t>(logvar_c);
+      params.per_sample = cuda_mutable_data<scalar_t>(per_sample);
+      params.batch = view.batch;
+      params.features = view.features;
+      const Workspace workspace = cuda_workspace(cuda::gaussian_kl_workspace_bytes(params), mu);
+      params.workspace = workspace.data();
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_gaussian_kl(params, stream); });
+    });
+    return per_sample;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl", [&] {
     GaussianKlParams<scalar_t> params;
     params.mu = mu_c.const_data_ptr<scalar_t>();
@@ -39,7 +59,7 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar) {
 std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward(const at::Tensor& grad, const at::Tensor& mu,
                                                         const at::Tensor& logvar) {
   check_kl_inputs(mu, logvar);
-  TORCH_CHECK(mu.device().is_cpu(), "vaefast::gaussian_kl_backward: no kernel for device ", mu.device());
+  TORCH_CHECK(has_kernel(mu), "vaefast::gaussian_kl_backward: no kernel for device ", mu.device());
   const BatchView view = batch_view(mu);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == view.batch, "grad must have shape [", view.batch,
               "] (one value per sample); got ", grad.sizes());
@@ -49,6 +69,22 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward(const at::Tensor& grad, 
   const at::Tensor grad_c = grad.to(mu.scalar_type()).contiguous();
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
+#ifdef VAEFAST_WITH_CUDA
+  if (mu.is_cuda()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl_backward", [&] {
+      GaussianKlBackwardParams<cuda_scalar_t<scalar_t>> params;
+      params.grad = cuda_data<scalar_t>(grad_c);
+      params.mu = cuda_data<scalar_t>(mu_c);
+      params.logvar = cuda_data<scalar_t>(logvar_c);
+      params.grad_mu = cuda_mutable_data<scalar_t>(grad_mu);
+      params.grad_logvar = cuda_mutable_data<scalar_t>(grad_logvar);
+      params.batch = view.batch;
+      params.features = view.features;
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_gaussian_kl_backward(params, stream); });
+    });
+    return {grad_mu, grad_logvar};
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl_backward", [&] {
     GaussianKlBackwardParams<scalar_t> params;
     params.grad = grad_c.const_data_ptr<scalar_t>();
@@ -74,6 +110,13 @@ TORCH_LIBRARY_IMPL(vaefast, CPU, m) {
   m.impl("gaussian_kl", &gaussian_kl);
   m.impl("gaussian_kl_backward", &gaussian_kl_backward);
 }
+
+#ifdef VAEFAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(vaefast, CUDA, m) {
+  m.impl("gaussian_kl", &gaussian_kl);
+  m.impl("gaussian_kl_backward", &gaussian_kl_backward);
+}
+#endif
 
 }  // namespace ops
 }  // namespace vaefast

@@ -4,6 +4,10 @@
 
 #include <ATen/Dispatch.h>
 
+#ifdef VAEFAST_WITH_CUDA
+#include "cuda_glue.h"
+#endif
+
 namespace vaefast {
 namespace ops {
 namespace {
@@ -50,7 +54,7 @@ void check_nll_inputs(const at::Tensor& x, const at::Tensor& x_hat, const at::Te
   TORCH_CHECK(log_gamma.device() == x.device() && log_gamma.scalar_type() == x.scalar_type(),
               "log_gamma must have x's device and dtype (", x.device(), ", ", x.scalar_type(), "); got ",
               log_gamma.device(), ", ", log_gamma.scalar_type());
-  TORCH_CHECK(x.device().is_cpu(), "vaefast::gaussian_nll: no kernel for device ", x.device());
+  TORCH_CHECK(has_kernel(x), "vaefast::gaussian_nll: no kernel for device ", x.device());
 }
 
 // x, x_hat [B, ...]; log_gamma scalar, [B] or broadcastable to x -> [B]
@@ -62,6 +66,24 @@ at::Tensor gaussian_nll(const at::Tensor& x, const at::Tensor& x_hat, const at::
   if (view.batch == 0 || view.features == 0) return per_sample;
   const at::Tensor x_c = x.contiguous();
   const at::Tensor x_hat_c = x_hat.contiguous();
+#ifdef VAEFAST_WITH_CUDA
+  if (x.is_cuda()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll", [&] {
+      GaussianNllParams<cuda_scalar_t<scalar_t>> params;
+      params.x = cuda_data<scalar_t>(x_c);
+      params.x_hat = cuda_data<scalar_t>(x_hat_c);
+      params.log_gamma = cuda_data<scalar_t>(plan.values);
+      params.per_sample = cuda_mutable_data<scalar_t>(per_sample);
+      params.batch = view.batch;
+      params.features = view.features;
+      params.layout = plan.layout;
+      const Workspace workspace = cuda_workspace(cuda::gaussian_nll_workspace_bytes(params), x);
+      params.workspace = workspace.data();
+      run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_gaussian_nll(params, stream); });
+    });
+    return per_sample;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll", [&] {
     GaussianNllParams<scalar_t> params;
     params.x = x_c.const_data_ptr<scalar_t>();
@@ -90,6 +112,26 @@ std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
     const at::Tensor grad_c = grad.to(x.scalar_type()).contiguous();
     const at::Tensor x_c = x.contiguous();
     const at::Tensor x_hat_c = x_hat.contiguous();
+#ifdef VAEFAST_WITH_CUDA
+    if (x.is_cuda()) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll_backward",
+                                      [&] {
+        GaussianNllBackwardParams<cuda_scalar_t<scalar_t>> params;
+        params.grad = cuda_data<scalar_t>(grad_c);
+        params.x = cuda_data<scalar_t>(x_c);
+        params.x_hat = cuda_data<scalar_t>(x_hat_c);
+        params.log_gamma = cuda_data<scalar_t>(plan.values);
+        params.grad_x_hat = cuda_mutable_data<scalar_t>(grad_x_hat);
+        params.grad_log_gamma = cuda_mutable_data<scalar_t>(grad_values);
+        params.batch = view.batch;
+        params.features = view.features;
+        params.layout = plan.layout;
+        const Workspace workspace = cuda_workspace(cuda::gaussian_nll_backward_workspace_bytes(params), x);
+        params.workspace = workspace.data();
+        run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_gaussian_nll_backward(params, stream); });
+      });
+    } else
+#endif
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll_backward",
                                     [&] {
       GaussianNllBackwardParams<scalar_t> params;
@@ -135,6 +177,13 @@ TORCH_LIBRARY_IMPL(vaefast, CPU, m) {
   m.impl("gaussian_nll", &gaussian_nll);
   m.impl("gaussian_nll_backward", &gaussian_nll_backward);
 }
+
+#ifdef VAEFAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(vaefast, CUDA, m) {
+  m.impl("gaussian_nll", &gaussian_nll);
+  m.impl("gaussian_nll_backward", &gaussian_nll_backward);
+}
+#endif
 
 }  // namespace ops
 }  // namespace vaefast

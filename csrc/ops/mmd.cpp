@@ -5,6 +5,10 @@
 
 #include <ATen/Dispatch.h>
 
+#ifdef VAEFAST_WITH_CUDA
+#include "cuda_glue.h"
+#endif
+
 #include <cmath>
 
 namespace vaefast {
@@ -51,8 +55,63 @@ void fill_kernel(Params& params, c10::string_view kernel, at::ArrayRef<double> s
   }
 }
 
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), "vaefast::", op, ": no kernel for device ", x.device());
+void check_device(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(has_kernel(x), "vaefast::", op, ": no kernel for device ", x.device());
+}
+
+// Runs the forward kernel sum on x's device (params filled for the CPU type scalar_t).
+template <typename scalar_t>
+void run_kernel_sum(const KernelSumParams<scalar_t>& params, const at::Tensor& x) {
+#ifdef VAEFAST_WITH_CUDA
+  if (x.is_cuda()) {
+    using cuda_t = cuda_scalar_t<scalar_t>;
+    KernelSumParams<cuda_t> cuda_params;
+    cuda_params.x = reinterpret_cast<const cuda_t*>(params.x);
+    cuda_params.y = reinterpret_cast<const cuda_t*>(params.y);
+    cuda_params.out = params.out;
+    cuda_params.n = params.n;
+    cuda_params.m = params.m;
+    cuda_params.d = params.d;
+    cuda_params.kernel = params.kernel;
+    cuda_params.num_scales = params.num_scales;
+    for (int s = 0; s < kMaxKernelScales; ++s) cuda_params.scale_constant[s] = params.scale_constant[s];
+    cuda_params.self_pairs = params.self_pairs;
+    cuda_params.exclude_diagonal = params.exclude_diagonal;
+    const Workspace workspace = cuda_workspace(cuda::kernel_sum_workspace_bytes(cuda_params), x);
+    cuda_params.workspace = workspace.data();
+    run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_kernel_sum(cuda_params, stream); });
+    return;
+  }
+#endif
+  (void)x;
+  cpu::kernel_sum_forward(params);
+}
+
+template <typename scalar_t>
+void run_kernel_sum_backward(const KernelSumBackwardParams<scalar_t>& params, const at::Tensor& x) {
+#ifdef VAEFAST_WITH_CUDA
+  if (x.is_cuda()) {
+    using cuda_t = cuda_scalar_t<scalar_t>;
+    KernelSumBackwardParams<cuda_t> cuda_params;
+    cuda_params.grad = params.grad;
+    cuda_params.x = reinterpret_cast<const cuda_t*>(params.x);
+    cuda_params.y = reinterpret_cast<const cuda_t*>(params.y);
+    cuda_params.grad_x = reinterpret_cast<cuda_t*>(params.grad_x);
+    cuda_params.grad_y = reinterpret_cast<cuda_t*>(params.grad_y);
+    cuda_params.n = params.n;
+    cuda_params.m = params.m;
+    cuda_params.d = params.d;
+    cuda_params.kernel = params.kernel;
+    cuda_params.num_scales = params.num_scales;
+    for (int s = 0; s < kMaxKernelScales; ++s) cuda_params.scale_constant[s] = params.scale_constant[s];
+    cuda_params.self_pairs = params.self_pairs;
+    cuda_params.exclude_diagonal = params.exclude_diagonal;
+    run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_kernel_sum_backward(cuda_params, stream); });
+    return;
+  }
+#endif
+  (void)x;
+  cpu::kernel_sum_backward(params);
 }
 
 void check_grad(const at::Tensor& grad) {
@@ -64,7 +123,7 @@ void check_grad(const at::Tensor& grad) {
 at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::ArrayRef<double> scales,
                            double bandwidth, bool exclude_diagonal) {
   check_rows(x, "x");
-  check_cpu(x, "kernel_sum_self");
+  check_device(x, "kernel_sum_self");
   // float64 whatever x's dtype: see KernelSumParams::out
   at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
   if (x.size(0) == 0) return total;
@@ -80,7 +139,7 @@ at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::Arr
     params.d = x.size(1);
     params.self_pairs = true;
     params.exclude_diagonal = exclude_diagonal;
-    cpu::kernel_sum_forward(params);
+    run_kernel_sum(params, x);
   });
   return total;
 }
@@ -89,7 +148,7 @@ at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::Arr
 at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x, c10::string_view kernel,
                                     at::ArrayRef<double> scales, double bandwidth, bool exclude_diagonal) {
   check_rows(x, "x");
-  check_cpu(x, "kernel_sum_self_backward");
+  check_device(x, "kernel_sum_self_backward");
   check_grad(grad);
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   if (x.size(0) == 0) return grad_x;
@@ -107,7 +166,7 @@ at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x,
     params.d = x.size(1);
     params.self_pairs = true;
     params.exclude_diagonal = exclude_diagonal;
-    cpu::kernel_sum_backward(params);
+    run_kernel_sum_backward(params, x);
   });
   return grad_x;
 }
@@ -117,7 +176,7 @@ at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::strin
                             at::ArrayRef<double> scales, double bandwidth) {
   check_rows(x, "x");
   check_rows_like(y, x);
-  check_cpu(x, "kernel_sum_cross");
+  check_device(x, "kernel_sum_cross");
   // float64 whatever x's dtype: see KernelSumParams::out
   at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
   if (x.size(0) == 0 || y.size(0) == 0) return total;
@@ -132,7 +191,7 @@ at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::strin
     params.n = x.size(0);
     params.m = y.size(0);
     params.d = x.size(1);
-    cpu::kernel_sum_forward(params);
+    run_kernel_sum(params, x);
   });
   return total;
 }
@@ -143,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> kernel_sum_cross_backward(const at::Tensor& g
                                                              at::ArrayRef<double> scales, double bandwidth) {
   check_rows(x, "x");
   check_rows_like(y, x);
-  check_cpu(x, "kernel_sum_cross_backward");
+  check_device(x, "kernel_sum_cross_backward");
   check_grad(grad);
   at::Tensor grad_x = at::zeros(x.sizes(), x.options());
   at::Tensor grad_y = at::zeros(y.sizes(), y.options());
@@ -162,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor> kernel_sum_cross_backward(const at::Tensor& g
     params.n = x.size(0);
     params.m = y.size(0);
     params.d = x.size(1);
-    cpu::kernel_sum_backward(params);
+    run_kernel_sum_backward(params, x);
   });
   return {grad_x, grad_y};
 }
@@ -186,6 +245,15 @@ TORCH_LIBRARY_IMPL(vaefast, CPU, m) {
   m.impl("kernel_sum_cross", &kernel_sum_cross);
   m.impl("kernel_sum_cross_backward", &kernel_sum_cross_backward);
 }
+
+#ifdef VAEFAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(vaefast, CUDA, m) {
+  m.impl("kernel_sum_self", &kernel_sum_self);
+  m.impl("kernel_sum_self_backward", &kernel_sum_self_backward);
+  m.impl("kernel_sum_cross", &kernel_sum_cross);
+  m.impl("kernel_sum_cross_backward", &kernel_sum_cross_backward);
+}
+#endif
 
 }  // namespace ops
 }  // namespace vaefast

@@ -33,6 +33,14 @@ inline void check_min_rank(const at::Tensor& t, const char* name, int64_t rank, 
               t.sizes());
 }
 
+// True on the devices this build has kernels for: the CPU, and CUDA devices in a CUDA build.
+inline bool has_kernel(const at::Tensor& t) {
+#ifdef VAEFAST_WITH_CUDA
+  if (t.is_cuda()) return true;
+#endif
+  return t.device().is_cpu();
+}
+
 // "Per sample" = summed over every dimension but the first: a [B, ...] tensor viewed as [B, features].
 struct BatchView {
   int64_t batch;

@@ -6,6 +6,13 @@
 #include <ATen/core/Generator.h>
 #include <limits>
 
+#ifdef VAEFAST_WITH_CUDA
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <mutex>
+
+#include "cuda_glue.h"
+#endif
+
 namespace vaefast {
 namespace ops {
 namespace {
@@ -24,15 +31,46 @@ void check_mu_logvar(const at::Tensor& mu, const at::Tensor& logvar) {
   check_like(logvar, "logvar", mu, "mu");
 }
 
-// eps == nullopt: Philox stream (seed, offset).
+// Where a CUDA kernel reads its Philox stream when it comes from torch's CUDA generator: the fields of
+// at::PhiloxCudaState, which under CUDA-graph capture point at device memory that each replay refreshes.
+struct GraphPhilox {
+  const int64_t* seed_ptr = nullptr;
+  const int64_t* offset_ptr = nullptr;
+  uint64_t offset_intragraph = 0;
+};
+
+// eps == nullopt: Philox stream (seed, offset), or on CUDA the generator state in `graph` when given.
 at::Tensor launch_forward(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
-                          const std::optional<at::Tensor>& eps, uint64_t seed, uint64_t offset) {
-  TORCH_CHECK(mu.device().is_cpu(), "vaefast::reparameterize: no kernel for device ", mu.device());
+                          const std::optional<at::Tensor>& eps, uint64_t seed, uint64_t offset,
+                          const GraphPhilox& graph = {}) {
+  TORCH_CHECK(has_kernel(mu), "vaefast::reparameterize: no kernel for device ", mu.device());
   at::Tensor z = at::empty(sample_shape(mu, num_samples), mu.options());
   if (z.numel() == 0) return z;
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
   const at::Tensor eps_c = eps.has_value() ? eps->contiguous() : at::Tensor();
+#ifdef VAEFAST_WITH_CUDA
+  if (mu.is_cuda()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize", [&] {
+      ReparameterizeParams<cuda_scalar_t<scalar_t>> params;
+      params.mu = cuda_data<scalar_t>(mu_c);
+      params.logvar = cuda_data<scalar_t>(logvar_c);
+      params.eps = eps_c.defined() ? cuda_data<scalar_t>(eps_c) : nullptr;
+      params.z = cuda_mutable_data<scalar_t>(z);
+      params.numel = mu.numel();
+      params.num_samples = num_samples.value_or(1);
+      params.seed = seed;
+      params.offset = offset;
+      params.seed_ptr = graph.seed_ptr;
+      params.offset_ptr = graph.offset_ptr;
+      params.offset_intragraph = graph.offset_intragraph;
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize(params, stream); });
+    });
+    return z;
+  }
+#else
+  (void)graph;
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize", [&] {
     ReparameterizeParams<scalar_t> params;
     params.mu = mu_c.const_data_ptr<scalar_t>();
@@ -54,6 +92,29 @@ at::Tensor launch_forward(const at::Tensor& mu, const at::Tensor& logvar, std::o
 at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
                           std::optional<at::Generator> generator) {
   check_mu_logvar(mu, logvar);
+#ifdef VAEFAST_WITH_CUDA
+  if (mu.is_cuda()) {
+    // On CUDA a randint(...).item() seed would synchronise the host; the generator's Philox state instead
+    // stays on the device under graph capture (unpacked in the kernel) and costs nothing otherwise. Each
+    // call advances the offset by kPhiloxOffsetIncrement: the element's block index lives in the counter's
+    // low half, so one increment covers any number of elements (common/philox.h).
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+        generator, at::cuda::detail::getDefaultCUDAGenerator(mu.device().index()));
+    at::PhiloxCudaState state;
+    {
+      std::lock_guard<std::mutex> lock(gen->mutex_);
+      state = gen->philox_cuda_state(kPhiloxOffsetIncrement);
+    }
+    if (state.captured_) {
+      GraphPhilox graph;
+      graph.seed_ptr = state.seed_.ptr;
+      graph.offset_ptr = state.offset_.ptr;
+      graph.offset_intragraph = state.offset_intragraph_;
+      return launch_forward(mu, logvar, num_samples, std::nullopt, 0, 0, graph);
+    }
+    return launch_forward(mu, logvar, num_samples, std::nullopt, state.seed_.val, state.offset_.val);
+  }
+#endif
   const int64_t seed = at::randint(0, std::numeric_limits<int64_t>::max(), {}, generator,
                                    mu.options().dtype(at::kLong)).item<int64_t>();
   return launch_forward(mu, logvar, num_samples, std::nullopt, static_cast<uint64_t>(seed), 0);
@@ -86,7 +147,7 @@ at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& z
   check_like(grad_z, "grad_z", z, "z");
   TORCH_CHECK(z.device() == mu.device() && z.scalar_type() == mu.scalar_type(),
               "z must have mu's device and dtype");
-  TORCH_CHECK(mu.device().is_cpu(), "vaefast::reparameterize_backward: no kernel for device ", mu.device());
+  TORCH_CHECK(has_kernel(mu), "vaefast::reparameterize_backward: no kernel for device ", mu.device());
   const bool has_sample_dim = z.dim() == mu.dim() + 1;
   TORCH_CHECK((has_sample_dim ? z.sizes().slice(1) : z.sizes()) == mu.sizes(),
               "z must have the shape of mu ", mu.sizes(), " or [num_samples, *mu.shape]; got ", z.sizes());
@@ -97,6 +158,22 @@ at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& z
   const at::Tensor grad_c = grad_z.contiguous();
   const at::Tensor z_c = z.contiguous();
   const at::Tensor mu_c = mu.contiguous();
+#ifdef VAEFAST_WITH_CUDA
+  if (mu.is_cuda()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_backward",
+                                    [&] {
+      ReparameterizeBackwardParams<cuda_scalar_t<scalar_t>> params;
+      params.grad_z = cuda_data<scalar_t>(grad_c);
+      params.z = cuda_data<scalar_t>(z_c);
+      params.mu = cuda_data<scalar_t>(mu_c);
+      params.grad_logvar = cuda_mutable_data<scalar_t>(grad_logvar);
+      params.numel = mu.numel();
+      params.num_samples = num_samples;
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize_backward(params, stream); });
+    });
+    return grad_logvar;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_backward",
                                   [&] {
     ReparameterizeBackwardParams<scalar_t> params;
@@ -128,6 +205,16 @@ TORCH_LIBRARY_IMPL(vaefast, CPU, m) {
   m.impl("reparameterize_with_eps", &reparameterize_with_eps);
   m.impl("reparameterize_backward", &reparameterize_backward);
 }
+
+#ifdef VAEFAST_WITH_CUDA
+// The same functions: each branches on the device after the shared validation.
+TORCH_LIBRARY_IMPL(vaefast, CUDA, m) {
+  m.impl("reparameterize", &reparameterize);
+  m.impl("reparameterize_philox", &reparameterize_philox);
+  m.impl("reparameterize_with_eps", &reparameterize_with_eps);
+  m.impl("reparameterize_backward", &reparameterize_backward);
+}
+#endif
 
 }  // namespace ops
 }  // namespace vaefast

@@ -1,0 +1,23 @@
+# ctest's vaefast_cuda_compile_check: every object that the CUDA compile check built (CMakeLists.txt) exists,
+# and, where cuobjdump is installed (a compiler-only toolkit may lack it), holds sm_80 and sm_90 machine code.
+# Run as cmake -DCUOBJDUMP=... -DOBJECTS=a.o;b.o -P this-file.
+if(NOT OBJECTS)
+  message(FATAL_ERROR "no CUDA objects: csrc/cuda/*.cu matched nothing")
+endif()
+foreach(_object ${OBJECTS})
+  if(NOT EXISTS "${_object}")
+    message(FATAL_ERROR "missing ${_object}: run cmake --build first")
+  endif()
+  if(CUOBJDUMP)
+    execute_process(COMMAND "${CUOBJDUMP}" --list-elf "${_object}" OUTPUT_VARIABLE _elves RESULT_VARIABLE _status)
+    if(NOT _status EQUAL 0 OR NOT _elves MATCHES "sm_80" OR NOT _elves MATCHES "sm_90")
+      message(FATAL_ERROR "${_object} lacks sm_80 or sm_90 code:\n${_elves}")
+    endif()
+  endif()
+  get_filename_component(_name "${_object}" NAME)
+  if(CUOBJDUMP)
+    message(STATUS "${_name}: sm_80 and sm_90 machine code")
+  else()
+    message(STATUS "${_name}: compiled (cuobjdump not found: architectures not listed)")
+  endif()
+endforeach()
