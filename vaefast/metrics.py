@@ -14,6 +14,7 @@ classifier file, not with the paper's Inception FIDs (different features, differ
 """
 import hashlib
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -28,9 +29,10 @@ import vaefast
 FeatureExtractor = Callable[[Tensor], Tensor]
 
 # sqrtm of a product of two covariances comes back complex when rounding makes it slightly non-symmetric.
-# An imaginary part below this (relative to the largest real entry) is rounding and is dropped; a larger one
-# means the product is far from positive semi-definite (too few samples for the feature dimension) and is
-# an error rather than a silently wrong distance. pytorch-fid uses an absolute 1e-3 on the diagonal.
+# An imaginary part below this (relative to the largest real entry; pytorch-fid uses an absolute 1e-3 on the
+# diagonal) is rounding and is dropped. A larger one happens when the covariances are singular (fewer samples
+# than feature dimensions, dead ReLU features) and sqrtm's Schur iteration loses accuracy; the trace is then
+# recomputed from the symmetric PSD form tr((A^1/2 B A^1/2)^1/2), which equals tr((A B)^1/2), with a warning.
 IMAGINARY_TOLERANCE = 1e-3
 
 
@@ -49,20 +51,35 @@ def frechet_distance_from_moments(mean_a, cov_a, mean_b, cov_b) -> float:
     if mean_a.shape != mean_b.shape or cov_a.shape != cov_b.shape or cov_a.shape != (mean_a.size, mean_a.size):
         raise ValueError(f"means must be [F] and covariances [F, F] for both sets; got {mean_a.shape}, "
                          f"{cov_a.shape}, {mean_b.shape}, {cov_b.shape}")
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():
-        offset = np.eye(cov_a.shape[0]) * 1e-6
-        root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    with warnings.catch_warnings():
+        # Singular products are common (dead ReLU features have zero variance) and handled below.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        root = scipy.linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(root).all():
+            offset = np.eye(cov_a.shape[0]) * 1e-6
+            root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    trace_root = np.trace(root)
     if np.iscomplexobj(root):
         scale = max(1.0, float(np.abs(root.real).max()))
         imaginary = float(np.abs(root.imag).max())
         if imaginary > IMAGINARY_TOLERANCE * scale:
-            raise ValueError(f"sqrtm(cov_a cov_b) has an imaginary part of {imaginary:.3g} (relative "
-                             f"{imaginary / scale:.3g} > {IMAGINARY_TOLERANCE}): the covariance estimates are not "
-                             "positive semi-definite enough; use more samples than feature dimensions")
-        root = root.real
+            warnings.warn(f"sqrtm(cov_a cov_b) has an imaginary part of {imaginary:.3g} (relative "
+                          f"{imaginary / scale:.3g} > {IMAGINARY_TOLERANCE}): singular covariances? (use more "
+                          "samples than feature dimensions); taking the trace from the symmetric form instead",
+                          RuntimeWarning, stacklevel=2)
+            trace_root = _trace_sqrt_product(cov_a, cov_b)
+        else:
+            trace_root = trace_root.real
     difference = mean_a - mean_b
-    return float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+    return float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+
+
+def _trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """tr((A B)^1/2) = tr((A^1/2 B A^1/2)^1/2) for symmetric PSD A, B: eigenvalues of a symmetric matrix,
+    clipped at 0 (rounding makes tiny ones negative)."""
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum())
 
 
 def _moments(features) -> tuple[np.ndarray, np.ndarray]:
@@ -205,12 +222,14 @@ class ClassifierExtractor:
 
     @classmethod
     def for_dataset(cls, data: str, *, data_dir=None, cache_dir: Union[str, Path] = "~/.cache/vaefast",
-                    seed: int = 0, epochs: int = 3, limit: Optional[int] = None) -> "ClassifierExtractor":
+                    seed: int = 0, epochs: Optional[int] = None, limit: Optional[int] = None) -> "ClassifierExtractor":
         """The classifier for a named data set ("digits", "mnist" or a path), trained once on its training
-        split and cached in cache_dir as classifier-<data>-<settings>.pt; reports its test accuracy."""
+        split and cached in cache_dir as classifier-<data>-<settings>.pt; reports its test accuracy.
+        epochs: default enough passes for about 40k images (3 on MNIST's 60k, 28 on the 1437 digits)."""
         from .data import load_dataset
 
         x, y = load_dataset(data, data_dir=data_dir, split="train", limit=limit)
+        epochs = epochs or max(3, math.ceil(40000 / x.shape[0]))
         x_test, y_test = load_dataset(data, data_dir=data_dir, split="test")
         key = f"{Path(str(data)).stem}-s{seed}-e{epochs}-n{x.shape[0]}"
         cache_path = Path(cache_dir).expanduser() / f"classifier-{key}.pt"
