@@ -48,6 +48,7 @@ def test_train_sample_eval_two_stage(tmp_path):
     printed = vaefast_command("eval", out / "stage2.pt", "--limit", "50", "--out", tmp_path / "eval.json")
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["data"] == "digits" and result["examples"] == 50 and "reconstruction_mse" in printed
+    assert {"fd", "kid", "test_elbo", "iwae_nll_k50", "latent_mmd_stage2"} <= set(result) and "test accuracy" in printed
 
 
 def test_info_prints_backend_json():

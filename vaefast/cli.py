@@ -78,10 +78,13 @@ def build_parser():
     sample.add_argument("--device", default="cpu")
     sample.set_defaults(run=run_sample)
 
-    evaluate = commands.add_parser("eval", help="print a checkpoint's diagnostics and write eval.json",
-                                   description="Diagnostics of a trained model (gamma, active latent "
-                                   "dimensions, latent MMD to N(0, I) per stage, reconstruction MSE) on a data "
-                                   "split; prints a table and writes eval.json next to the checkpoint.")
+    evaluate = commands.add_parser("eval", help="print a checkpoint's metrics and write eval.json",
+                                   description="Metrics of a trained model on a data split: FD and KID of its "
+                                   "samples against the split (features of a CNN classifier vaefast trains on the "
+                                   "training split and caches; or --inception FILE), reconstruction MSE, ELBO, "
+                                   "IWAE bound, and the diagnostics (gamma, active latent dimensions, latent MMD "
+                                   "to N(0, I) per stage); prints a table and writes eval.json next to the "
+                                   "checkpoint.")
     evaluate.add_argument("checkpoint", help="a checkpoint written by `vaefast train`")
     evaluate.add_argument("--data", help="data set (default: the one the run was trained on, from run.json)")
     evaluate.add_argument("--data-dir")
@@ -89,6 +92,11 @@ def build_parser():
     evaluate.add_argument("--limit", type=int, default=2000, help="first N examples (default 2000)")
     evaluate.add_argument("--out", help="JSON path (default: eval.json beside the checkpoint)")
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--iwae-samples", type=int, default=50, help="k of the IWAE bound (default 50)")
+    evaluate.add_argument("--no-features", action="store_true", help="skip FD and KID (no classifier needed)")
+    evaluate.add_argument("--inception", help="FD/KID on a user-supplied Inception-v3: a TorchScript file mapping "
+                          "images to pool features (see vaefast.metrics.InceptionExtractor); never required")
+    evaluate.add_argument("--cache-dir", default="~/.cache/vaefast", help="where the feature classifier is cached")
     evaluate.set_defaults(run=run_eval)
 
     info = commands.add_parser("info", help="print which kernels were compiled (JSON)",
@@ -176,19 +184,32 @@ def run_eval(args):
         run = json.loads(run_file.read_text())
         data, data_dir = run["data"], data_dir or run.get("data_dir")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
-    evaluate_and_report(model, data, data_dir, args.split, args.limit, args.device, out)
+    extractor = None
+    if args.inception:
+        from .metrics import InceptionExtractor
+
+        extractor = InceptionExtractor.from_weights(args.inception)
+    elif not args.no_features:
+        from .metrics import ClassifierExtractor
+
+        extractor = ClassifierExtractor.for_dataset(data, data_dir=data_dir, cache_dir=args.cache_dir)
+        print(f"features: CNN classifier ({extractor.info['cache_path']}), test accuracy "
+              f"{extractor.info['test_accuracy']:.4f}")
+    evaluate_and_report(model, data, data_dir, args.split, args.limit, args.device, out, extractor=extractor,
+                        iwae_samples=args.iwae_samples)
     return 0
 
 
-def evaluate_and_report(model, data, data_dir, split, limit, device, out):
-    """Prints the diagnostics table of `model` on a data split and writes it to `out` as JSON."""
+def evaluate_and_report(model, data, data_dir, split, limit, device, out, *, extractor=None, iwae_samples=50):
+    """Prints the metrics of `model` on a data split (vaefast.metrics.evaluate: FD/KID when an extractor is
+    given, reconstruction MSE, ELBO, IWAE bound, diagnostics) and writes them to `out` as JSON."""
     from .data import load_dataset
-    from .models import diagnostics
+    from .metrics import evaluate
 
     x, _ = load_dataset(data, data_dir=data_dir, split=split, limit=limit)
     x = x.to(device, next(model.parameters()).dtype)
-    result = diagnostics(model, x, generator=torch.Generator(device).manual_seed(0))
-    print(f"diagnostics on {data} ({split}, {x.shape[0]} examples):")
+    result = evaluate(model, x, extractor, iwae_samples=iwae_samples)
+    print(f"metrics on {data} ({split}, {x.shape[0]} examples{'' if extractor is None else ', as many samples'}):")
     width = max(len(name) for name in result)
     for name, value in result.items():
         shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
