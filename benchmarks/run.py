@@ -4,7 +4,8 @@ Times every selected case with its providers -- "vaefast" (the public fused op),
 in vaefast.ops.reference, what a user writes), "compile" (torch.compile of that reference, default mode)
 and, for MMD, the peers "pythae" and "keops" where they install (benchmarks/peers.py) -- forward and
 forward+backward, prints a markdown report to stdout (progress goes to stderr) and
-writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv.
+writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv, and the bar chart of forward+backward speed-ups
+at the large sizes to DIR/cpu_speedups.png.
 """
 import argparse
 import os
@@ -13,7 +14,7 @@ import time
 
 import torch
 
-from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, report, reparameterize
+from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, plots, report, reparameterize
 
 CASE_MODULES = {
     "reparameterize": reparameterize, "kl": gaussian_kl, "nll": gaussian_nll, "mmd": mmd, "loss_head": loss_head,
@@ -157,8 +158,11 @@ def main(argv=None):
     with open(os.path.join(args.out, "cpu_ops.md"), "w") as handle:
         handle.write(text)
     report.write_csv(os.path.join(args.out, "cpu_ops.csv"), machine, rows)
+    plots.speedups(rows, os.path.join(args.out, "cpu_speedups.png"),
+                   f"forward+backward speed-up over eager at the large sizes ({machine['cpu']}, "
+                   f"{args.threads} threads)")
     print(text)
-    log(f"wrote {os.path.join(args.out, 'cpu_ops.md')} and cpu_ops.csv")
+    log(f"wrote {os.path.join(args.out, 'cpu_ops.md')}, cpu_ops.csv and cpu_speedups.png")
 
 
 if __name__ == "__main__":
