@@ -12,8 +12,10 @@ hold; the runner measures it at n = 256 and 2048.
 Budgets, so that the sweep ends in under 10 minutes on 2 cores and never exhausts memory:
 - memory: a provider is skipped where it would hold more than MEMORY_LIMIT_BYTES (4 GiB): pythae by its
   formula (peers.pythae_bytes), eager by its peak at the previous size scaled by (n / n_prev)^2;
-- time: a provider is skipped where one call would take more than TIME_LIMIT_S, predicted from its median
-  at the previous size times (n / n_prev)^2 (every provider is O(n^2 d) in time).
+- time: a provider is skipped where one call would take more than TIME_LIMIT_S, predicted from its fastest
+  sample at the previous size times (n / n_prev)^2 (every provider is O(n^2 d) in time; the fastest sample,
+  not the median, because on a shared machine a stalled sample can be 100x a clean one and would skip a
+  provider for no reason of its own).
 A skipped provider gets a row whose note says why ("skipped: would need 17.2 GB").
 Writes DIR/cpu_mmd_sweep.md, .csv and .png.
 """
@@ -31,7 +33,7 @@ SIZES = (256, 1024, 4096, 16384, 65536)
 MEMORY_LIMIT_BYTES = mmd.MEMORY_LIMIT_BYTES
 TIME_LIMIT_S = 30.0
 SLOW_CALL_S = 1.0  # above this, 3 repeats and no extra warm-up call (the harness's first timed call warms)
-COLUMNS = ("n", "d", "mode", "provider", "median_ms", "iqr_ms", "repeats", "gflop_per_s", "peak_extra_mib",
+COLUMNS = ("n", "d", "mode", "provider", "median_ms", "iqr_ms", "min_ms", "repeats", "gflop_per_s", "peak_extra_mib",
            "note")
 
 
@@ -65,9 +67,9 @@ def skip_reason(name, n, mode, previous):
         if need > MEMORY_LIMIT_BYTES:
             return (f"skipped: would need {need / 1e9:.1f} GB (its {previous['peak_extra_mib']:.0f} MiB at "
                     f"n = {previous['n']} times (n / {previous['n']})^2)")
-    predicted_s = previous["median_ms"] / 1e3 * growth
+    predicted_s = previous["min_ms"] / 1e3 * growth
     if predicted_s > TIME_LIMIT_S:
-        return (f"skipped: about {predicted_s:.0f} s per call predicted ({previous['median_ms'] / 1e3:.2f} s "
+        return (f"skipped: about {predicted_s:.0f} s per call predicted ({previous['min_ms'] / 1e3:.2f} s "
                 f"at n = {previous['n']} times (n / {previous['n']})^2), over the sweep's {TIME_LIMIT_S:.0f} s "
                 "per-call budget")
     return None
@@ -77,12 +79,13 @@ def markdown(machine, rows, notes):
     out = ["# vaefast CPU MMD sweep (7-scale IMQ, unbiased, d = 64)", "", "## Machine", ""]
     out += [f"- {key}: {value}" for key, value in machine.items()]
     out += ["", "## Run notes", ""] + [f"- {note}" for note in notes]
-    out += ["", "## Results", "", "| n | mode | provider | median ms | IQR ms | repeats | GFLOP/s | peak extra MiB | note |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "## Results", "", "| n | mode | provider | median ms | IQR ms | min ms | repeats | GFLOP/s | peak extra MiB | note |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = [row["n"], row["mode"], row["provider"],
                  f"{row['median_ms']:.2f}" if row["median_ms"] else "",
-                 f"{row['iqr_ms']:.2f}" if row["median_ms"] else "", row["repeats"] or "",
+                 f"{row['iqr_ms']:.2f}" if row["median_ms"] else "",
+                 f"{row['min_ms']:.2f}" if row["median_ms"] else "", row["repeats"] or "",
                  f"{row['gflop_per_s']:.1f}" if row["gflop_per_s"] else "",
                  f"{row['peak_extra_mib']:.1f}" if row["peak_extra_mib"] is not None else "", row["note"]]
         out.append("| " + " | ".join(str(cell) for cell in cells) + " |")
@@ -130,13 +133,13 @@ def main(argv=None):
                 previous = last.get((name, mode))
                 reason = skip_reason(name, n, mode, previous)
                 if reason:
-                    rows.append(dict(n=n, d=DIM, mode=mode, provider=name, median_ms=None, iqr_ms=None,
+                    rows.append(dict(n=n, d=DIM, mode=mode, provider=name, median_ms=None, iqr_ms=None, min_ms=None,
                                      repeats=None, gflop_per_s=None, peak_extra_mib=None, note=reason))
                     log(f"n = {n} {mode} {name}: {reason}")
                     continue
                 steps[name] = harness.make_step(fn, case, mode)
                 if previous is not None:
-                    predicted = max(predicted, previous["median_ms"] / 1e3 * (n / previous["n"]) ** 2)
+                    predicted = max(predicted, previous["min_ms"] / 1e3 * (n / previous["n"]) ** 2)
             slow = predicted > SLOW_CALL_S
             log(f"n = {n} {mode}: {', '.join(steps)} ({'3 repeats' if slow else '7 repeats'})")
             timings = harness.time_round_robin(steps, repeats=3 if slow else 7, warmup=0 if slow else 1,
@@ -144,7 +147,7 @@ def main(argv=None):
             for name, timing in timings.items():
                 peak = harness.peak_extra_bytes(steps[name]) / 2**20
                 row = dict(n=n, d=DIM, mode=mode, provider=name, median_ms=timing.median_ms,
-                           iqr_ms=timing.iqr_ms, repeats=len(timing.samples_ms),
+                           iqr_ms=timing.iqr_ms, min_ms=min(timing.samples_ms), repeats=len(timing.samples_ms),
                            gflop_per_s=flops[mode] / (timing.median_ms / 1e3) / 1e9, peak_extra_mib=peak, note="")
                 rows.append(row)
                 last[(name, mode)] = row
