@@ -31,8 +31,9 @@ from . import harness, mmd, peers, plots
 DIM = 64
 SIZES = (256, 1024, 4096, 16384, 65536)
 MEMORY_LIMIT_BYTES = mmd.MEMORY_LIMIT_BYTES
-TIME_LIMIT_S = 30.0
+TIME_LIMIT_S = 60.0
 SLOW_CALL_S = 1.0  # above this, 3 repeats and no extra warm-up call (the harness's first timed call warms)
+VERY_SLOW_CALL_S = 10.0  # above this, a single timed sample (no spread): n = 65536 takes ~45 s a call
 COLUMNS = ("n", "d", "mode", "provider", "median_ms", "iqr_ms", "min_ms", "repeats", "gflop_per_s", "peak_extra_mib",
            "note")
 
@@ -143,9 +144,9 @@ def main(argv=None):
             if not steps:  # every provider skipped at this size: the skip rows say why
                 continue
             slow = predicted > SLOW_CALL_S
-            log(f"n = {n} {mode}: {', '.join(steps)} ({'3 repeats' if slow else '7 repeats'})")
-            timings = harness.time_round_robin(steps, repeats=3 if slow else 7, warmup=0 if slow else 1,
-                                               min_sample_s=0.02)
+            repeats = 1 if predicted > VERY_SLOW_CALL_S else 3 if slow else 7
+            log(f"n = {n} {mode}: {', '.join(steps)} ({repeats} repeats)")
+            timings = harness.time_round_robin(steps, repeats=repeats, warmup=0 if slow else 1, min_sample_s=0.02)
             for name, timing in timings.items():
                 peak = harness.peak_extra_bytes(steps[name]) / 2**20
                 row = dict(n=n, d=DIM, mode=mode, provider=name, median_ms=timing.median_ms,
