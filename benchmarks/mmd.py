@@ -4,6 +4,10 @@ The eager reference materialises every [n, n], [m, m] and [n, m] kernel matrix (
 autograd keeps them for the backward); the fused op never does, so besides time the peak extra memory of
 each provider is measured.
 
+Peers (benchmarks/peers.py): "pythae" (WAE_MMD.loss_function, an [n, n, d] tensor per scale) and "keops"
+(pykeops LazyTensor reductions), each when its package imports; pythae is skipped where its memory would
+exceed MEMORY_LIMIT_BYTES, with the bytes it would need in the notes.
+
 Nominal FLOPs, the same count for every provider (cdist's matmul trick does other arithmetic, but the
 figure is work done per second, not a tally of instructions). The fused kernel evaluates each unordered pair
 once: n(n-1)/2 + m(m-1)/2 + n*m pairs forward. Per pair, with d dimensions and S scales:
@@ -17,6 +21,7 @@ import torch
 import vaefast
 from vaefast.ops import reference
 
+from . import peers
 from .harness import Case
 
 SCALES = reference.DEFAULT_SCALES  # s in {0.1, ..., 10}, C_s = s * 2 * d * bandwidth^2
@@ -28,6 +33,27 @@ def eager(x, y):
 
 def fused(x, y):
     return vaefast.mmd(x, y, kernel="imq", scales=SCALES, bandwidth=1.0, unbiased=True)
+
+
+MEMORY_LIMIT_BYTES = 4 * 2**30  # a peer that would hold more than this is skipped (the machine has 24 GB)
+
+
+def peer_providers(n, m, d):
+    """{"pythae": fn, "keops": fn} for the peers that import and fit in memory at this size, and the notes
+    saying why any is missing."""
+    providers, notes = {}, []
+    if peers.PYTHAE_ERROR is not None:
+        notes.append(f"pythae skipped: {peers.PYTHAE_ERROR}")
+    elif peers.pythae_bytes(n, m, d) > MEMORY_LIMIT_BYTES:
+        notes.append(f"pythae skipped: would need {peers.pythae_bytes(n, m, d) / 1e9:.1f} GB "
+                     f"(S * (n^2 + nm) * d * 4 bytes of [n, n, d] differences kept for the backward)")
+    else:
+        providers["pythae"] = peers.pythae_mmd
+    if peers.KEOPS_ERROR is not None:
+        notes.append(f"keops skipped: {peers.KEOPS_ERROR}")
+    else:
+        providers["keops"] = peers.keops_mmd
+    return providers, notes
 
 
 def nominal_flops(n, m, d, scales):
@@ -45,6 +71,9 @@ def case(label, n, m, d, large):
         providers = {"vaefast": fused, **providers}
     else:
         notes.append("vaefast.mmd not available in this build: eager and compile only")
+    peer_fns, peer_notes = peer_providers(n, m, d)
+    providers.update(peer_fns)
+    notes += peer_notes
     return Case(
         name=f"mmd imq {label}",
         op="mmd",

@@ -6,6 +6,7 @@ SPEEDUP_TARGET = 1.5  # fused op vs eager, forward+backward
 MEMORY_FRACTION_TARGET = 0.10  # "a small fraction of eager's" peak memory, taken as at most 10%
 TARGET_CASES = ("reparameterize large", "gaussian_kl large", "gaussian_nll large")
 MMD_TARGET_CASE = "mmd imq large"
+MMD_SPEEDUP_TARGET = 5.0  # the issue's: at least 5x the cdist-based reference, and faster than KeOps
 
 COLUMNS = (
     ("case", "case"), ("shape", "shape"), ("mode", "mode"), ("provider", "provider"),
@@ -50,22 +51,31 @@ def targets(rows):
             lines.append((goal, f"{'met' if met else 'NOT met'} ({row['speedup_vs_eager']:.2f}x)"))
     fused = find(rows, MMD_TARGET_CASE, "forward+backward", "vaefast")
     eager = find(rows, MMD_TARGET_CASE, "forward+backward", "eager")
-    goal = f"{MMD_TARGET_CASE}: vaefast >= {SPEEDUP_TARGET}x eager, forward+backward"
+    keops = find(rows, MMD_TARGET_CASE, "forward+backward", "keops")
+    goal = f"{MMD_TARGET_CASE}: vaefast >= {MMD_SPEEDUP_TARGET}x eager (cdist reference), forward+backward"
+    keops_goal = f"{MMD_TARGET_CASE}: vaefast faster than keops, forward+backward"
     memory_goal = (f"{MMD_TARGET_CASE}: vaefast peak extra memory <= {MEMORY_FRACTION_TARGET:.0%} of eager's, "
                    "forward+backward")
     if fused is None or eager is None:
         lines.append((goal, "not measured (vaefast.mmd not available)"))
+        lines.append((keops_goal, "not measured (vaefast.mmd not available)"))
         lines.append((memory_goal, "not measured (vaefast.mmd not available)"))
+        return lines
+    met = fused["speedup_vs_eager"] >= MMD_SPEEDUP_TARGET
+    lines.append((goal, f"{'met' if met else 'NOT met'} ({fused['speedup_vs_eager']:.2f}x)"))
+    if keops is None:
+        lines.append((keops_goal, "not measured (keops did not run; see the notes)"))
     else:
-        met = fused["speedup_vs_eager"] >= SPEEDUP_TARGET
-        lines.append((goal, f"{'met' if met else 'NOT met'} ({fused['speedup_vs_eager']:.2f}x)"))
-        if fused["peak_extra_mib"] is None or not eager["peak_extra_mib"]:
-            lines.append((memory_goal, "not measured"))
-        else:
-            fraction = fused["peak_extra_mib"] / eager["peak_extra_mib"]
-            met = fraction <= MEMORY_FRACTION_TARGET
-            lines.append((memory_goal, f"{'met' if met else 'NOT met'} ({fraction:.1%}: "
-                                       f"{fused['peak_extra_mib']:.1f} vs {eager['peak_extra_mib']:.1f} MiB)"))
+        ratio = keops["median_ms"] / fused["median_ms"]
+        lines.append((keops_goal, f"{'met' if ratio > 1 else 'NOT met'} ({ratio:.1f}x: "
+                                  f"{fused['median_ms']:.1f} vs {keops['median_ms']:.1f} ms)"))
+    if fused["peak_extra_mib"] is None or not eager["peak_extra_mib"]:
+        lines.append((memory_goal, "not measured"))
+    else:
+        fraction = fused["peak_extra_mib"] / eager["peak_extra_mib"]
+        met = fraction <= MEMORY_FRACTION_TARGET
+        lines.append((memory_goal, f"{'met' if met else 'NOT met'} ({fraction:.1%}: "
+                                   f"{fused['peak_extra_mib']:.1f} vs {eager['peak_extra_mib']:.1f} MiB)"))
     return lines
 
 

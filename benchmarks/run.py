@@ -1,9 +1,11 @@
 """python -m benchmarks.run [--quick] [--out DIR] [--ops reparameterize,kl,nll,mmd,loss_head] [--threads N]
 
-Times every selected case with three providers -- "vaefast" (the public fused op), "eager" (the reference
-in vaefast.ops.reference, what a user writes) and "compile" (torch.compile of that reference, default
-mode) -- forward and forward+backward, prints a markdown report to stdout (progress goes to stderr) and
-writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv.
+Times every selected case with its providers -- "vaefast" (the public fused op), "eager" (the reference
+in vaefast.ops.reference, what a user writes), "compile" (torch.compile of that reference, default mode)
+and, for MMD, the peers "pythae" and "keops" where they install (benchmarks/peers.py) -- forward and
+forward+backward, prints a markdown report to stdout (progress goes to stderr) and
+writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv, and the bar chart of forward+backward speed-ups
+at the large sizes to DIR/cpu_speedups.png.
 """
 import argparse
 import os
@@ -12,7 +14,7 @@ import time
 
 import torch
 
-from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, report, reparameterize
+from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, plots, report, reparameterize
 
 CASE_MODULES = {
     "reparameterize": reparameterize, "kl": gaussian_kl, "nll": gaussian_nll, "mmd": mmd, "loss_head": loss_head,
@@ -55,19 +57,24 @@ def with_compile(case, skip_reason):
     return providers
 
 
-def warm_compile(steps, case):
-    """Runs the compile provider once (the compilation); an inductor failure drops the provider and goes
-    into the case's notes instead of ending the run."""
-    if "compile" not in steps:
-        return
-    try:
-        seconds = harness.first_call_seconds(steps["compile"])
-        log(f"    compile provider, first call (compilation of this mode's graphs): {seconds:.1f} s")
-    except Exception as error:  # noqa: BLE001 -- any inductor/dynamo failure is a result to record
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        case.notes.append(f"compile failed: {reason[:300]}")
-        log(f"    compile failed: {reason[:300]}")
-        del steps["compile"]
+# Providers whose first call is a build, not a measurement: inductor compiles the graph, KeOps compiles its
+# formula (and the gradient's) with the system C++ compiler. That call runs outside the timing, its seconds
+# go to stderr, and a failure drops the provider with the reason in the case's notes.
+BUILT_ON_FIRST_CALL = ("compile", "keops")
+
+
+def warm_first_calls(steps, case):
+    for name in BUILT_ON_FIRST_CALL:
+        if name not in steps:
+            continue
+        try:
+            seconds = harness.first_call_seconds(steps[name])
+            log(f"    {name} provider, first call (compilation for this mode): {seconds:.1f} s")
+        except Exception as error:  # noqa: BLE001 -- any inductor/dynamo/KeOps failure is a result to record
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            case.notes.append(f"{name} failed: {reason[:300]}")
+            log(f"    {name} failed: {reason[:300]}")
+            del steps[name]
 
 
 def measure_case(case, providers, settings, copy_gbs):
@@ -75,9 +82,10 @@ def measure_case(case, providers, settings, copy_gbs):
     for mode in harness.MODES:
         log(f"  {case.name} / {mode}")
         steps = {name: harness.make_step(fn, case, mode) for name, fn in providers.items()}
-        warm_compile(steps, case)
-        if "compile" not in steps:
-            providers.pop("compile", None)
+        warm_first_calls(steps, case)
+        for name in BUILT_ON_FIRST_CALL:
+            if name not in steps:
+                providers.pop(name, None)
         timings = harness.time_round_robin(steps, settings["repeats"], settings["warmup"], settings["min_sample_s"])
         peaks = {name: harness.peak_extra_bytes(step) for name, step in steps.items()} if case.measure_memory else {}
         for name, timing in timings.items():
@@ -150,8 +158,11 @@ def main(argv=None):
     with open(os.path.join(args.out, "cpu_ops.md"), "w") as handle:
         handle.write(text)
     report.write_csv(os.path.join(args.out, "cpu_ops.csv"), machine, rows)
+    plots.speedups(rows, os.path.join(args.out, "cpu_speedups.png"),
+                   f"forward+backward speed-up over eager at the large sizes ({machine['cpu']}, "
+                   f"{args.threads} threads)")
     print(text)
-    log(f"wrote {os.path.join(args.out, 'cpu_ops.md')} and cpu_ops.csv")
+    log(f"wrote {os.path.join(args.out, 'cpu_ops.md')}, cpu_ops.csv and cpu_speedups.png")
 
 
 if __name__ == "__main__":
