@@ -59,7 +59,6 @@ struct FeatureLogGamma {
 template <typename scalar_t>
 void gaussian_nll_forward(const GaussianNllParams<scalar_t>& p) {
   using acc = acc_t<scalar_t>;
-  constexpr int64_t width = Vec<acc>::size();
   const acc features = static_cast<acc>(p.features);
   std::vector<acc> totals(p.batch);
   switch (p.layout) {
