@@ -40,7 +40,9 @@ from vaefast.models import TwoStageConfig, TwoStageVAE, VAE, VAEConfig, WAE, WAE
 from vaefast.train import TrainConfig, save_grid, train
 
 MODELS = ("vae-ce", "vae-fixed", "vae-learned", "wae-mmd", "two-stage")
-MNIST_DIRS = ("/work/shared/data",)  # tried after --data-dir and $VAEFAST_DATA_DIR
+# The project's shared data folder beside the repository (../shared/data), tried after --data-dir and
+# $VAEFAST_DATA_DIR.
+MNIST_DIRS = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"),)
 
 
 @dataclass
