@@ -433,3 +433,16 @@ def test_kernel_ops_check_their_arguments():
         ops.kernel_sum_cross(x, torch.randn(4, 2), "imq", [1.0], 1.0)
     with pytest.raises(RuntimeError, match="grad must hold one value"):
         ops.kernel_sum_self_backward(torch.ones(2), x, "imq", [1.0], 1.0, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reference_path_accepts_small_half_precision_batches(dtype):
+    """The fallback path (no extension, or VAEFAST_BACKEND=reference) must not crash on a small float16 or
+    bfloat16 batch, where CPU cdist has no kernel; its value stays close to the float64 truth."""
+    x64, y64 = torch.randn(8, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64) + 0.5
+    x, y = x64.to(dtype), y64.to(dtype)
+    got = reference.mmd(x, y)
+    truth = reference.mmd(x.double(), y.double())
+    assert got.dtype == dtype
+    # The half-precision kernel sums lose a few units of their dtype's eps relative to the terms (~7 each).
+    assert abs(float(got) - float(truth)) <= 64 * torch.finfo(dtype).eps * 7

@@ -59,7 +59,12 @@ def kernel_matrix(a, b, kernel="imq", scales=DEFAULT_SCALES, bandwidth=1.0):
     dim = a.shape[1]
     if kernel == "poly":
         return (a @ b.T / dim + 1) ** 3
-    sq_dist = torch.cdist(a, b).pow(2)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        # CPU cdist has no half-precision kernel for small inputs (it raises below ~25 rows): distances in
+        # float32, rounded back, which is what a user's code would have to do too.
+        sq_dist = torch.cdist(a.float(), b.float()).pow(2).to(a.dtype)
+    else:
+        sq_dist = torch.cdist(a, b).pow(2)
     total = torch.zeros_like(sq_dist)
     for scale in scales:
         c = scale * 2 * dim * bandwidth**2
