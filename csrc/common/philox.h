@@ -78,10 +78,6 @@ VAEFAST_HOST_DEVICE float math_log(float v) { return ::logf(v); }
 VAEFAST_HOST_DEVICE double math_log(double v) { return ::log(v); }
 VAEFAST_HOST_DEVICE float math_sqrt(float v) { return ::sqrtf(v); }
 VAEFAST_HOST_DEVICE double math_sqrt(double v) { return ::sqrt(v); }
-VAEFAST_HOST_DEVICE float math_sin(float v) { return ::sinf(v); }
-VAEFAST_HOST_DEVICE double math_sin(double v) { return ::sin(v); }
-VAEFAST_HOST_DEVICE float math_cos(float v) { return ::cosf(v); }
-VAEFAST_HOST_DEVICE double math_cos(double v) { return ::cos(v); }
 // sin and cos of one angle; one call where the platform has a joint routine (CUDA's sincos, Sleef's on
 // CPU: half the cost of two calls).
 VAEFAST_HOST_DEVICE void math_sincos(float v, float* sine, float* cosine) {

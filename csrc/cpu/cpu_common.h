@@ -28,10 +28,6 @@ inline Vec<float> math_log(const Vec<float>& v) { return v.log(); }
 inline Vec<double> math_log(const Vec<double>& v) { return v.log(); }
 inline Vec<float> math_sqrt(const Vec<float>& v) { return v.sqrt(); }
 inline Vec<double> math_sqrt(const Vec<double>& v) { return v.sqrt(); }
-inline Vec<float> math_sin(const Vec<float>& v) { return v.sin(); }
-inline Vec<double> math_sin(const Vec<double>& v) { return v.sin(); }
-inline Vec<float> math_cos(const Vec<float>& v) { return v.cos(); }
-inline Vec<double> math_cos(const Vec<double>& v) { return v.cos(); }
 
 // Sleef's joint sincos costs about one of sin or cos (measured: 2.0 ms against 4.2 ms for both, per 1M
 // floats, AVX2), and Box-Muller needs both of every angle.
