@@ -258,3 +258,54 @@ def test_two_stage_end_to_end_on_digits(tmp_path):
     assert load_checkpoint(tmp_path / "stage2.pt")["kind"] == "two-stage"
     result = diagnostics(model, x, generator=torch.Generator().manual_seed(0))
     assert result["latent_mmd_stage2"] < result["latent_mmd_stage1"], result
+
+
+def test_optimizer_is_fused_adam_with_plain_adams_updates():
+    # The loop's Adam is torch's fused kernel on CPU; its parameters after a run match the same run with
+    # the textbook per-op Adam (foreach=False) up to float32 rounding of the fused update.
+    from vaefast.train import _adam
+    assert _adam([nn.Parameter(torch.zeros(2))], 1e-3, torch.device("cpu")).defaults["fused"]
+    x = tiny_data()
+    torch.manual_seed(3)
+    fused, plain = TinyVAE(), TinyVAE()
+    plain.load_state_dict(fused.state_dict())
+    train(fused, x, config())
+    original = torch.optim.Adam
+    try:
+        torch.optim.Adam = lambda params, lr, fused=None: original(params, lr=lr, foreach=False)
+        train(plain, x, config())
+    finally:
+        torch.optim.Adam = original
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_amp_autocasts_the_forward_to_bf16_and_keeps_float32_parameters():
+    seen = []
+
+    class Recording(TinyVAE):
+        def forward(self, x, labels=None):
+            seen.append(self.encoder(x.flatten(1)).dtype)
+            return super().forward(x, labels)
+
+    x = tiny_data()
+    torch.manual_seed(4)
+    amp, full = Recording(), Recording()
+    full.load_state_dict(amp.state_dict())
+    amp_history = train(amp, x, config(amp=True))
+    assert set(seen) == {torch.bfloat16}
+    seen.clear()
+    full_history = train(full, x, config())
+    assert set(seen) == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in amp.parameters())
+    # bf16 rounds the forward (8 bits of mantissa), so the runs differ, but they train alike.
+    losses = [[record["loss"] for record in history] for history in (amp_history, full_history)]
+    assert losses[0] != losses[1]
+    assert losses[0][-1] < losses[0][0]
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=0.05, atol=0)
+
+
+def test_amp_on_a_float64_model_is_a_clear_error():
+    model = TinyVAE().double()
+    with pytest.raises(ValueError, match="amp=True.*float64"):
+        train(model, tiny_data().double(), config(amp=True))

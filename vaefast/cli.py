@@ -63,7 +63,7 @@ def build_parser():
     train.add_argument("--log-every", type=int, default=50, help="steps between metric records")
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
-    train.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (meant for CUDA; works on CPU, where it is slower unless the CPU has bf16 matmul instructions)")
     train.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); small models such as "
                        "the digits' MLPs run fastest on 1, and a second thread on busy cores can cost 5x")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
