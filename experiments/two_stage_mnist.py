@@ -75,7 +75,7 @@ CONFIGS = {
     # twice as long as in the paper. lr 1e-3 (10x the paper's): the budget is about 1/100 of its steps.
     "cpu": ExperimentConfig(architecture="mlp", hidden_dims=(512, 256), latent_dim=64, epochs=12,
                             stage2_epochs=24, stage2_width=256, train_limit=10000, eval_examples=2000, lr=1e-3,
-                            lr_halve_every=5, batch_size=64, classifier_epochs=2, classifier_limit=20000,
+                            lr_halve_every=5, batch_size=64, classifier_epochs=5, classifier_limit=None,
                             kid_subsets=100, kid_subset_size=1000),
     # One GPU: the paper's InfoGAN networks, all of MNIST, the paper's lr and batch; a quarter of its epochs.
     "gpu": ExperimentConfig(architecture="infogan", hidden_dims=(512, 256), latent_dim=64, epochs=100,
