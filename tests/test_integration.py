@@ -134,3 +134,31 @@ def test_arguments_on_different_devices_are_named(call, name):
     elsewhere = torch.randn(4, 3).to("meta")
     with pytest.raises(ValueError, match=name):
         call(here, elsewhere)
+
+
+def _ops_under_second_order():
+    """(name of the op whose backward is reached, loss(ops, batch), tensors it differentiates)."""
+    return [
+        ("vaefast::reparameterize_with_eps",
+         lambda ops, b: ops.reparameterize(b["mu"], b["logvar"], eps=b["eps"]).square().sum(), ("mu", "logvar")),
+        ("vaefast::gaussian_kl", lambda ops, b: ops.gaussian_kl(b["mu"], b["logvar"]), ("mu", "logvar")),
+        ("vaefast::gaussian_nll",
+         lambda ops, b: ops.gaussian_nll(b["x"], torch.sigmoid(b["mu"] @ b["weight"]), b["log_gamma"]),
+         ("mu", "weight", "log_gamma")),
+        ("vaefast::kernel_sum_(self|cross)", lambda ops, b: ops.mmd(b["mu"], b["prior"]), ("mu",)),
+    ]
+
+
+@needs_compiled
+@pytest.mark.parametrize("op, loss, names", _ops_under_second_order(), ids=lambda v: v if isinstance(v, str) else "")
+def test_create_graph_gives_first_order_gradients_and_a_named_double_backward_error(op, loss, names):
+    # create_graph=True (gradient penalties, meta-learning) keeps the first-order gradients exact; taking a
+    # gradient of them raises, naming the op, instead of silently dropping the op's second-order term.
+    batch = make_batch()
+    params = [batch[name] for name in names]
+    grads = torch.autograd.grad(loss(vaefast, batch), params, create_graph=True)
+    for got, want in zip(grads, torch.autograd.grad(loss(reference, batch), params)):
+        assert_close64(got, want)
+    penalty = sum(g.square().sum() for g in grads)
+    with pytest.raises(RuntimeError, match=f"{op}: double backward is not supported"):
+        torch.autograd.grad(penalty, params)

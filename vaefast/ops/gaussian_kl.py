@@ -16,15 +16,7 @@ if _backend._C is not None:
             logvar, memory_format=torch.contiguous_format
         )
 
-    def _setup_context(ctx, inputs, output):
-        mu, logvar = inputs
-        ctx.save_for_backward(mu, logvar)
-
-    def _backward(ctx, grad):
-        mu, logvar = ctx.saved_tensors
-        return torch.ops.vaefast.gaussian_kl_backward(grad, mu, logvar)
-
-    torch.library.register_autograd("vaefast::gaussian_kl", _backward, setup_context=_setup_context)
+    # Autograd: csrc/ops/autograd.cpp (saves mu and logvar, calls vaefast::gaussian_kl_backward).
 
 
 def gaussian_kl(mu, logvar, *, reduction="mean"):

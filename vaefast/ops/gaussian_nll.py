@@ -17,17 +17,7 @@ if _backend._C is not None:
             torch.empty_like(log_gamma, memory_format=torch.contiguous_format),
         )
 
-    def _setup_context(ctx, inputs, output):
-        x, x_hat, log_gamma = inputs
-        ctx.save_for_backward(x, x_hat, log_gamma)
-
-    def _backward(ctx, grad):
-        x, x_hat, log_gamma = ctx.saved_tensors
-        grad_x_hat, grad_log_gamma = torch.ops.vaefast.gaussian_nll_backward(grad, x, x_hat, log_gamma)
-        grad_x = -grad_x_hat if ctx.needs_input_grad[0] else None  # d/dx = -d/dx_hat, only when asked
-        return grad_x, grad_x_hat, grad_log_gamma
-
-    torch.library.register_autograd("vaefast::gaussian_nll", _backward, setup_context=_setup_context)
+    # Autograd: csrc/ops/autograd.cpp (saves x, x_hat, log_gamma; d/dx = -d/dx_hat when x needs it).
 
 
 def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):

@@ -29,30 +29,7 @@ if _backend._C is not None:
     def _(grad, x, y, kernel, scales, bandwidth):
         return x.new_empty(x.shape), y.new_empty(y.shape)
 
-    def _setup_self_context(ctx, inputs, output):
-        x, ctx.kernel, ctx.scales, ctx.bandwidth, ctx.exclude_diagonal = inputs
-        ctx.save_for_backward(x)
-
-    def _self_backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        grad_x = torch.ops.vaefast.kernel_sum_self_backward(
-            grad, x, ctx.kernel, ctx.scales, ctx.bandwidth, ctx.exclude_diagonal
-        )
-        return grad_x, None, None, None, None
-
-    def _setup_cross_context(ctx, inputs, output):
-        x, y, ctx.kernel, ctx.scales, ctx.bandwidth = inputs
-        ctx.save_for_backward(x, y)
-
-    def _cross_backward(ctx, grad):
-        x, y = ctx.saved_tensors
-        grad_x, grad_y = torch.ops.vaefast.kernel_sum_cross_backward(
-            grad, x, y, ctx.kernel, ctx.scales, ctx.bandwidth
-        )
-        return grad_x, grad_y, None, None, None
-
-    torch.library.register_autograd("vaefast::kernel_sum_self", _self_backward, setup_context=_setup_self_context)
-    torch.library.register_autograd("vaefast::kernel_sum_cross", _cross_backward, setup_context=_setup_cross_context)
+    # Autograd: csrc/ops/autograd.cpp (saves the points; the backward ops never form an [n, m] matrix).
 
 
 def _check_kernel_arguments(kernel, scales, bandwidth):

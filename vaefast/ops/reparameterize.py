@@ -25,38 +25,7 @@ if _backend._C is not None:
     def _(grad_z, z, mu):
         return torch.empty_like(mu, memory_format=torch.contiguous_format)
 
-    def _save_z(ctx, inputs, output):
-        # Only z and mu are kept: z - mu = std * eps carries everything the backward needs.
-        ctx.save_for_backward(output, inputs[0])
-        ctx.has_sample_dim = output.dim() == inputs[0].dim() + 1
-
-    def _grads(ctx, grad):
-        z, mu = ctx.saved_tensors[:2]
-        grad_mu = grad.sum(0) if ctx.has_sample_dim else grad
-        grad_logvar = torch.ops.vaefast.reparameterize_backward(grad, z, mu) if ctx.needs_input_grad[1] else None
-        return grad_mu, grad_logvar
-
-    def _backward_drawn(ctx, grad):
-        return (*_grads(ctx, grad), None, None)
-
-    def _backward_philox(ctx, grad):
-        return (*_grads(ctx, grad), None, None, None)
-
-    def _save_with_eps(ctx, inputs, output):
-        mu, logvar, eps = inputs
-        # logvar is kept only in the rare case that eps needs a gradient (d z / d eps = std).
-        ctx.save_for_backward(output, mu, logvar if eps.requires_grad else None)
-        ctx.has_sample_dim = output.dim() == mu.dim() + 1
-
-    def _backward_with_eps(ctx, grad):
-        logvar = ctx.saved_tensors[2]
-        grad_eps = grad * torch.exp(0.5 * logvar) if ctx.needs_input_grad[2] else None
-        return (*_grads(ctx, grad), grad_eps)
-
-    torch.library.register_autograd("vaefast::reparameterize", _backward_drawn, setup_context=_save_z)
-    torch.library.register_autograd("vaefast::reparameterize_philox", _backward_philox, setup_context=_save_z)
-    torch.library.register_autograd("vaefast::reparameterize_with_eps", _backward_with_eps,
-                                    setup_context=_save_with_eps)
+    # Autograd: csrc/ops/autograd.cpp (saves z and mu; d/dlogvar = 0.5 * g * (z - mu)).
 
 
 def reparameterize(mu, logvar, *, num_samples=None, generator=None, eps=None):

@@ -1,0 +1,282 @@
+// The Autograd-key kernels of every differentiable op: what each op saves and which backward op it calls.
+//
+// Why in C++: a torch.library.register_autograd formula runs Python twice per op (setting up the context in
+// the forward, the formula in the backward), about 40 us a call each way on a CPU core; at training sizes
+// ([256, 64] latents) that is more than the kernels take, on CPU and on a GPU alike. Here the forward saves
+// its tensors and the autograd engine calls the backward op without entering Python.
+//
+// Each forward redispatches below autograd to the device kernel (or, under torch.compile, to the fake
+// kernels registered in vaefast/ops), so torch.compile and AOTAutograd trace through these as through
+// torch's own functions. The backward ops are not differentiable again: a double backward through them
+// (create_graph=True) is an error naming the op, not a gradient silently missing a term (once_differentiable).
+#include "op_common.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace vaefast {
+namespace ops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The typed handle of vaefast::<name>, looked up once per signature.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// Runs a backward formula made of non-differentiable ops, like torch.autograd.function.once_differentiable
+// but connected: under create_graph=True, when the incoming gradients or the saved inputs require grad, the
+// results get a grad_fn that raises on a double backward, naming the op, and whose edges lead to those
+// inputs, so that differentiating the results reaches it. (once_differentiable hangs its error node on
+// detached copies and looks at the incoming gradients only: d/dmu of a KL gradient would come back as "not
+// used in the graph", or zero with allow_unused.)
+template <typename Formula>
+variable_list once_differentiable(const char* op, AutogradContext* ctx, const variable_list& grads,
+                                  Formula formula) {
+  const bool create_graph = at::GradMode::is_enabled();
+  variable_list outputs;
+  {
+    at::NoGradGuard no_grad;
+    outputs = formula();
+  }
+  if (!create_graph) return outputs;
+  variable_list depends_on;
+  for (const variable_list& tensors : {grads, ctx->get_saved_variables()}) {
+    for (const at::Tensor& t : tensors) {
+      if (t.defined() && t.requires_grad()) depends_on.push_back(t);
+    }
+  }
+  if (depends_on.empty()) return outputs;
+  auto error = c10::make_intrusive<torch::autograd::Error>(
+      std::string(op) + ": double backward is not supported (its backward is not differentiable); compute "
+      "this gradient without create_graph=True, or use VAEFAST_BACKEND=reference for higher-order gradients",
+      torch::autograd::collect_next_edges(depends_on));
+  for (at::Tensor& output : outputs) {
+    // A shallow copy: an output may be an incoming gradient itself (d/dmu = g), whose history stays its own.
+    if (output.defined()) output = output.tensor_data();
+    torch::autograd::set_history(output, error);
+  }
+  return outputs;
+}
+
+bool needs(AutogradContext* ctx, size_t input) { return ctx->needs_input_grad(input); }
+
+// ---- reparameterize, reparameterize_philox, reparameterize_with_eps --------------------------------------
+// Saved: z and mu (z - mu = std * eps is all the logvar gradient needs); d/dmu sums over a sample dimension.
+
+using ReparameterizeBackward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+std::tuple<at::Tensor, at::Tensor> reparameterize_grads(AutogradContext* ctx, const at::Tensor& grad) {
+  static const auto backward_op = op_handle<ReparameterizeBackward>("vaefast::reparameterize_backward");
+  const auto saved = ctx->get_saved_variables();
+  const at::Tensor& z = saved[0];
+  const at::Tensor& mu = saved[1];
+  at::Tensor grad_mu;
+  if (needs(ctx, 0)) grad_mu = z.dim() == mu.dim() + 1 ? grad.sum(0) : grad;
+  at::Tensor grad_logvar;
+  if (needs(ctx, 1)) grad_logvar = backward_op.call(grad, z, mu);
+  return {grad_mu, grad_logvar};
+}
+
+struct Reparameterize : public torch::autograd::Function<Reparameterize> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                            std::optional<int64_t> num_samples, std::optional<at::Generator> generator) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
+                                                std::optional<at::Generator>)>("vaefast::reparameterize");
+    at::AutoDispatchBelowADInplaceOrView below;
+    at::Tensor z = op.call(mu, logvar, num_samples, std::move(generator));
+    ctx->save_for_backward({z, mu});
+    return z;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return once_differentiable("vaefast::reparameterize", ctx, grads, [&]() -> variable_list {
+      auto [grad_mu, grad_logvar] = reparameterize_grads(ctx, grads[0]);
+      return {grad_mu, grad_logvar, at::Tensor(), at::Tensor()};
+    });
+  }
+};
+
+struct ReparameterizePhilox : public torch::autograd::Function<ReparameterizePhilox> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                            std::optional<int64_t> num_samples, int64_t seed, int64_t offset) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
+                                                int64_t, int64_t)>("vaefast::reparameterize_philox");
+    at::AutoDispatchBelowADInplaceOrView below;
+    at::Tensor z = op.call(mu, logvar, num_samples, seed, offset);
+    ctx->save_for_backward({z, mu});
+    return z;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return once_differentiable("vaefast::reparameterize_philox", ctx, grads, [&]() -> variable_list {
+      auto [grad_mu, grad_logvar] = reparameterize_grads(ctx, grads[0]);
+      return {grad_mu, grad_logvar, at::Tensor(), at::Tensor(), at::Tensor()};
+    });
+  }
+};
+
+struct ReparameterizeWithEps : public torch::autograd::Function<ReparameterizeWithEps> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                            const at::Tensor& eps) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+        "vaefast::reparameterize_with_eps");
+    at::AutoDispatchBelowADInplaceOrView below;
+    at::Tensor z = op.call(mu, logvar, eps);
+    // logvar is kept only in the rare case that eps needs a gradient (d z / d eps = std).
+    ctx->save_for_backward({z, mu, eps.requires_grad() ? logvar : at::Tensor()});
+    return z;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return once_differentiable("vaefast::reparameterize_with_eps", ctx, grads, [&]() -> variable_list {
+      auto [grad_mu, grad_logvar] = reparameterize_grads(ctx, grads[0]);
+      at::Tensor grad_eps;
+      if (needs(ctx, 2)) grad_eps = grads[0] * at::exp(0.5 * ctx->get_saved_variables()[2]);
+      return {grad_mu, grad_logvar, grad_eps};
+    });
+  }
+};
+
+// ---- gaussian_kl ------------------------------------------------------------------------------------------
+
+struct GaussianKl : public torch::autograd::Function<GaussianKl> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&)>("vaefast::gaussian_kl");
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({mu, logvar});
+    return op.call(mu, logvar);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+            "vaefast::gaussian_kl_backward");
+    return once_differentiable("vaefast::gaussian_kl", ctx, grads, [&]() -> variable_list {
+      const auto saved = ctx->get_saved_variables();
+      auto [grad_mu, grad_logvar] = backward_op.call(grads[0], saved[0], saved[1]);
+      return {grad_mu, grad_logvar};
+    });
+  }
+};
+
+// ---- gaussian_nll -----------------------------------------------------------------------------------------
+
+struct GaussianNll : public torch::autograd::Function<GaussianNll> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& x_hat,
+                            const at::Tensor& log_gamma) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+        "vaefast::gaussian_nll");
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({x, x_hat, log_gamma});
+    return op.call(x, x_hat, log_gamma);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>("vaefast::gaussian_nll_backward");
+    return once_differentiable("vaefast::gaussian_nll", ctx, grads, [&]() -> variable_list {
+      const auto saved = ctx->get_saved_variables();
+      auto [grad_x_hat, grad_log_gamma] = backward_op.call(grads[0], saved[0], saved[1], saved[2]);
+      at::Tensor grad_x;
+      if (needs(ctx, 0)) grad_x = -grad_x_hat;  // d/dx = -d/dx_hat, only when asked
+      return {grad_x, grad_x_hat, grad_log_gamma};
+    });
+  }
+};
+
+// ---- kernel_sum_self, kernel_sum_cross (MMD) --------------------------------------------------------------
+// The kernel description (name, scales, bandwidth) is kept in saved_data: no tensors, nothing to save.
+
+void save_kernel(AutogradContext* ctx, c10::string_view kernel, at::ArrayRef<double> scales, double bandwidth) {
+  ctx->saved_data["kernel"] = std::string(kernel);
+  ctx->saved_data["scales"] = scales.vec();
+  ctx->saved_data["bandwidth"] = bandwidth;
+}
+
+struct KernelSumSelf : public torch::autograd::Function<KernelSumSelf> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, c10::string_view kernel,
+                            at::ArrayRef<double> scales, double bandwidth, bool exclude_diagonal) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, c10::string_view, at::ArrayRef<double>, double,
+                                                bool)>("vaefast::kernel_sum_self");
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({x});
+    save_kernel(ctx, kernel, scales, bandwidth);
+    ctx->saved_data["exclude_diagonal"] = exclude_diagonal;
+    return op.call(x, kernel, scales, bandwidth, exclude_diagonal);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
+                                                         at::ArrayRef<double>, double, bool)>(
+        "vaefast::kernel_sum_self_backward");
+    return once_differentiable("vaefast::kernel_sum_self", ctx, grads, [&]() -> variable_list {
+      const auto saved = ctx->get_saved_variables();
+      const std::string kernel = ctx->saved_data["kernel"].toStringRef();
+      const std::vector<double> scales = ctx->saved_data["scales"].toDoubleVector();
+      at::Tensor grad_x = backward_op.call(grads[0], saved[0], kernel, scales,
+                                           ctx->saved_data["bandwidth"].toDouble(),
+                                           ctx->saved_data["exclude_diagonal"].toBool());
+      return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    });
+  }
+};
+
+struct KernelSumCross : public torch::autograd::Function<KernelSumCross> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, c10::string_view kernel,
+                            at::ArrayRef<double> scales, double bandwidth) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
+                                                at::ArrayRef<double>, double)>("vaefast::kernel_sum_cross");
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({x, y});
+    save_kernel(ctx, kernel, scales, bandwidth);
+    return op.call(x, y, kernel, scales, bandwidth);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, at::ArrayRef<double>, double)>(
+        "vaefast::kernel_sum_cross_backward");
+    return once_differentiable("vaefast::kernel_sum_cross", ctx, grads, [&]() -> variable_list {
+      const auto saved = ctx->get_saved_variables();
+      const std::string kernel = ctx->saved_data["kernel"].toStringRef();
+      const std::vector<double> scales = ctx->saved_data["scales"].toDoubleVector();
+      auto [grad_x, grad_y] = backward_op.call(grads[0], saved[0], saved[1], kernel, scales,
+                                               ctx->saved_data["bandwidth"].toDouble());
+      return {grad_x, grad_y, at::Tensor(), at::Tensor(), at::Tensor()};
+    });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vaefast, Autograd, m) {
+  m.impl("reparameterize", [](const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
+                              std::optional<at::Generator> generator) {
+    return Reparameterize::apply(mu, logvar, num_samples, std::move(generator));
+  });
+  m.impl("reparameterize_philox", [](const at::Tensor& mu, const at::Tensor& logvar,
+                                     std::optional<int64_t> num_samples, int64_t seed, int64_t offset) {
+    return ReparameterizePhilox::apply(mu, logvar, num_samples, seed, offset);
+  });
+  m.impl("reparameterize_with_eps", [](const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps) {
+    return ReparameterizeWithEps::apply(mu, logvar, eps);
+  });
+  m.impl("gaussian_kl", [](const at::Tensor& mu, const at::Tensor& logvar) { return GaussianKl::apply(mu, logvar); });
+  m.impl("gaussian_nll", [](const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {
+    return GaussianNll::apply(x, x_hat, log_gamma);
+  });
+  m.impl("kernel_sum_self", [](const at::Tensor& x, c10::string_view kernel, at::ArrayRef<double> scales,
+                               double bandwidth, bool exclude_diagonal) {
+    return KernelSumSelf::apply(x, kernel, scales, bandwidth, exclude_diagonal);
+  });
+  m.impl("kernel_sum_cross", [](const at::Tensor& x, const at::Tensor& y, c10::string_view kernel,
+                                at::ArrayRef<double> scales, double bandwidth) {
+    return KernelSumCross::apply(x, y, kernel, scales, bandwidth);
+  });
+}
+
+}  // namespace ops
+}  // namespace vaefast
