@@ -1,11 +1,18 @@
-"""python -m benchmarks.run [--quick] [--out DIR] [--ops reparameterize,kl,nll,mmd,loss_head] [--threads N]
+"""python -m benchmarks.run [--device cpu|cuda] [--quick] [--out DIR] [--ops reparameterize,kl,nll,mmd,loss_head]
+[--threads N]
 
 Times every selected case with its providers -- "vaefast" (the public fused op), "eager" (the reference
 in vaefast.ops.reference, what a user writes), "compile" (torch.compile of that reference, default mode)
 and, for MMD, the peers "pythae" and "keops" where they install (benchmarks/peers.py) -- forward and
-forward+backward, prints a markdown report to stdout (progress goes to stderr) and
-writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv, and the bar chart of forward+backward speed-ups
-at the large sizes to DIR/cpu_speedups.png.
+forward+backward, on the CPU or a CUDA GPU, prints a markdown report to stdout (progress goes to
+stderr) and writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv (gpu_ops.md and gpu_ops.csv with
+--device cuda), and the bar chart of forward+backward speed-ups at the large sizes to DIR/cpu_speedups.png
+(gpu_speedups.png).
+
+--device cuda makes the inputs on the current GPU, times with CUDA events, probes peak memory with the
+caching allocator's counters, measures the copy yardstick device to device (benchmarks/harness.py holds
+every such difference) and adds the CUDA issue's sizes: 64M elements for the elementwise ops, MMD
+n = m = 4096 and 65536.
 """
 import argparse
 import os
@@ -31,8 +38,14 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+# Results files are named by device: cpu_ops.md on the CPU, gpu_ops.md on CUDA.
+FILE_PREFIX = {"cpu": "cpu", "cuda": "gpu"}
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--device", choices=FILE_PREFIX, default="cpu",
+                        help="where inputs live and ops run (default cpu); cuda adds the CUDA issue's sizes")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no compile provider at the large sizes")
     parser.add_argument("--out", metavar="DIR", default=os.path.join("benchmarks", "results"), help="results folder")
     parser.add_argument("--ops", default=",".join(CASE_MODULES),
@@ -43,13 +56,25 @@ def parse_args(argv):
     unknown = sorted(set(args.ops) - set(CASE_MODULES))
     if unknown:
         parser.error(f"unknown --ops {', '.join(unknown)}; choose from {', '.join(CASE_MODULES)}")
+    check_device(parser, args.device)
     return args
+
+
+def check_device(parser, device):
+    """Stops with a message naming --device when CUDA is asked for but torch cannot use it."""
+    if device == "cuda" and not torch.cuda.is_available():
+        reason = ("this torch was built without CUDA" if torch.version.cuda is None
+                  else "torch has CUDA but sees no GPU (driver, CUDA_VISIBLE_DEVICES?)")
+        parser.error(f"--device cuda: torch.cuda.is_available() is False ({reason}); "
+                     "run with --device cpu or on a machine with a CUDA GPU")
 
 
 def with_compile(case, skip_reason):
     """The case's providers plus torch.compile of its eager function, unless skip_reason says why not.
     dynamic=False: each case compiles for its own static shapes, as a fixed-size training step would."""
     providers = dict(case.providers)
+    if skip_reason is None and "eager" not in providers:
+        skip_reason = "no eager provider at this size to compile (see its note)"
     if skip_reason:
         case.notes.append(f"compile skipped: {skip_reason}")
     else:
@@ -63,12 +88,12 @@ def with_compile(case, skip_reason):
 BUILT_ON_FIRST_CALL = ("compile", "keops")
 
 
-def warm_first_calls(steps, case):
+def warm_first_calls(steps, case, device):
     for name in BUILT_ON_FIRST_CALL:
         if name not in steps:
             continue
         try:
-            seconds = harness.first_call_seconds(steps[name])
+            seconds = harness.first_call_seconds(steps[name], device)
             log(f"    {name} provider, first call (compilation for this mode): {seconds:.1f} s")
         except Exception as error:  # noqa: BLE001 -- any inductor/dynamo/KeOps failure is a result to record
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
@@ -77,27 +102,31 @@ def warm_first_calls(steps, case):
             del steps[name]
 
 
-def measure_case(case, providers, settings, copy_gbs):
+def measure_case(case, providers, settings, copy_gbs, device):
     rows = []
     for mode in harness.MODES:
         log(f"  {case.name} / {mode}")
         steps = {name: harness.make_step(fn, case, mode) for name, fn in providers.items()}
-        warm_first_calls(steps, case)
+        warm_first_calls(steps, case, device)
         for name in BUILT_ON_FIRST_CALL:
             if name not in steps:
                 providers.pop(name, None)
-        timings = harness.time_round_robin(steps, settings["repeats"], settings["warmup"], settings["min_sample_s"])
-        peaks = {name: harness.peak_extra_bytes(step) for name, step in steps.items()} if case.measure_memory else {}
+        timings = harness.time_round_robin(steps, settings["repeats"], settings["warmup"], settings["min_sample_s"],
+                                           device)
+        peaks = ({name: harness.peak_extra_bytes(step, device) for name, step in steps.items()}
+                 if case.measure_memory else {})
+        eager = timings.get("eager")  # absent where eager would not fit in memory (mmd at n = 65536 on CUDA)
         for name, timing in timings.items():
             median_s = timing.median_ms / 1e3
             row = {
                 "case": case.name, "shape": case.shape, "mode": mode, "provider": name,
                 "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
                 "repeats": len(timing.samples_ms), "calls_per_sample": timing.inner,
-                "speedup_vs_eager": timings["eager"].median_ms / timing.median_ms,
+                "speedup_vs_eager": (eager.median_ms / timing.median_ms) if eager else None,
                 "speedup_vs_compile": (timings["compile"].median_ms / timing.median_ms) if "compile" in timings else None,
                 "bytes": None, "gb_per_s": None, "fraction_of_copy_bw": None,
                 "flops": None, "gflop_per_s": None, "peak_extra_mib": None, "note": "",
+                "large": case.large,  # picks the speed-up chart's bars; not a report column
             }
             if case.bytes_moved:
                 row["bytes"] = case.bytes_moved[mode]
@@ -118,30 +147,36 @@ def measure_case(case, providers, settings, copy_gbs):
 def main(argv=None):
     args = parse_args(argv)
     settings = QUICK if args.quick else FULL
+    device = torch.device(args.device)
+    prefix = FILE_PREFIX[device.type]
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    log(f"copy bandwidth ({settings['copy_numel'] * 4 / 2**20:.0f} MiB float32) ...")
-    copy_start = harness.copy_bandwidth_gbs(settings["copy_numel"], settings["copy_repeats"])
-    machine = harness.machine_info(torch.get_num_threads())
+    log(f"copy bandwidth ({settings['copy_numel'] * 4 / 2**20:.0f} MiB float32, {device.type}) ...")
+    copy_start = harness.copy_bandwidth_gbs(settings["copy_numel"], settings["copy_repeats"], device)
+    machine = harness.machine_info(torch.get_num_threads(), device)
     load_start = os.getloadavg()[0]
 
     torch.manual_seed(0)
-    cases = [case for op in args.ops for case in CASE_MODULES[op].cases()]
+    cases = [case for op in args.ops for case in CASE_MODULES[op].cases(device)]
     notes = [
         f"{'--quick' if args.quick else 'full'} run: {settings['repeats']} repeats per provider and mode "
         f"(round-robin), {settings['warmup']} warm-up call(s), each sample at least "
         f"{settings['min_sample_s'] * 1e3:.0f} ms of back-to-back calls",
     ]
+    if device.type == "cuda":
+        notes.append("timed with CUDA events around each sample's back-to-back calls; the targets below are the "
+                     "CPU issue's ratios at its sizes, and the CUDA issue's sizes are the 64M, mmd 4096 and "
+                     "mmd 65536 rows")
     if args.quick:
         notes.append("--quick: the compile provider is skipped at the large sizes; run without --quick for it")
     rows = []
     for case in cases:
         log(f"{case.name} ({case.shape})")
         skip = "--quick skips compilation at the large sizes" if args.quick and case.large else None
-        rows += measure_case(case, with_compile(case, skip), settings, copy_start)
+        rows += measure_case(case, with_compile(case, skip), settings, copy_start, device)
 
-    copy_end = harness.copy_bandwidth_gbs(settings["copy_numel"], settings["copy_repeats"])
+    copy_end = harness.copy_bandwidth_gbs(settings["copy_numel"], settings["copy_repeats"], device)
     machine["copy bandwidth, start / end of run (GB/s, read + written)"] = f"{copy_start:.1f} / {copy_end:.1f}"
     machine["'of copy BW' uses"] = f"the start figure, {copy_start:.1f} GB/s"
     machine["load average at end (1, 5, 15 min)"] = ", ".join(f"{load:.2f}" for load in os.getloadavg())
@@ -153,16 +188,16 @@ def main(argv=None):
         notes.append(f"WARNING: 1-minute load average reached {busiest:.1f} on {len(os.sched_getaffinity(0))} "
                      "cores: other jobs shared the machine, so these timings are not representative")
 
-    text = report.markdown("vaefast CPU op benchmarks", machine, rows, notes)
+    hardware = machine["gpu"] if device.type == "cuda" else machine["cpu"]
+    text = report.markdown(f"vaefast {prefix.upper()} op benchmarks ({hardware})", machine, rows, notes)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cpu_ops.md"), "w") as handle:
+    with open(os.path.join(args.out, f"{prefix}_ops.md"), "w") as handle:
         handle.write(text)
-    report.write_csv(os.path.join(args.out, "cpu_ops.csv"), machine, rows)
-    plots.speedups(rows, os.path.join(args.out, "cpu_speedups.png"),
-                   f"forward+backward speed-up over eager at the large sizes ({machine['cpu']}, "
-                   f"{args.threads} threads)")
+    report.write_csv(os.path.join(args.out, f"{prefix}_ops.csv"), machine, rows)
+    plots.speedups(rows, os.path.join(args.out, f"{prefix}_speedups.png"),
+                   f"forward+backward speed-up over eager at the large sizes ({hardware}, {args.threads} threads)")
     print(text)
-    log(f"wrote {os.path.join(args.out, 'cpu_ops.md')}, cpu_ops.csv and cpu_speedups.png")
+    log(f"wrote {os.path.join(args.out, prefix + '_ops.md')}, {prefix}_ops.csv and {prefix}_speedups.png")
 
 
 if __name__ == "__main__":
