@@ -28,6 +28,7 @@ def case(label, batch, features, large, device):
         grad_inputs=("mu", "logvar"),
         bytes_moved={
             "forward": FORWARD_BYTES * elements,
+            "backward": BACKWARD_BYTES * elements,
             "forward+backward": (FORWARD_BYTES + BACKWARD_BYTES) * elements,
         },
         large=large,

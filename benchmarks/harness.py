@@ -23,7 +23,7 @@ from torch._C._profiler import _EventType
 
 import vaefast
 
-MODES = ("forward", "forward+backward")
+MODES = ("forward", "forward+backward")  # the timed modes; run.py derives "backward" from the two
 FLOAT32_BYTES = 4
 
 
@@ -114,7 +114,7 @@ def first_call_seconds(step, device=torch.device("cpu")):
 
 
 def time_round_robin(steps, repeats, warmup, min_sample_s, device=torch.device("cpu")):
-    """steps: name -> no-argument callable (run.py: one per provider). Each repeat times every
+    """steps: name -> no-argument callable (run.py: one per provider and mode). Each repeat times every
     step once, in an order rotated by one per repeat, so that drift (another job starting, the CPU clocking
     down) hits all steps alike and none always runs right after the same neighbour. A sample is the mean of
     `inner` back-to-back calls, with inner chosen per step so that a sample lasts at least min_sample_s (a

@@ -19,6 +19,7 @@ once: n(n-1)/2 + m(m-1)/2 + n*m pairs forward. Per pair, with d dimensions and S
   backward: only pairs that involve x (y, the prior sample, needs no gradient): n(n-1)/2 + n*m pairs, each
             3d (recompute the distance) + 4S (dk/dr = -C_s / (C_s + r)^2: add, square, divide, accumulate)
             + 3d (scale the difference, add it to grad x_i, subtract it from grad x_j or drop it for y_j)
+  forward+backward: the sum of the two.
 """
 import torch
 
@@ -72,7 +73,8 @@ def nominal_flops(n, m, d, scales):
     forward_pairs = n * (n - 1) // 2 + m * (m - 1) // 2 + n * m
     backward_pairs = n * (n - 1) // 2 + n * m
     forward = forward_pairs * (3 * d + 3 * scales)
-    return {"forward": forward, "forward+backward": forward + backward_pairs * (6 * d + 4 * scales)}
+    backward = backward_pairs * (6 * d + 4 * scales)
+    return {"forward": forward, "backward": backward, "forward+backward": forward + backward}
 
 
 def case(label, n, m, d, large, device):

@@ -17,6 +17,7 @@ Budgets, so that the sweep ends in under 10 minutes on 2 cores and never exhaust
   not the median, because on a shared machine a stalled sample can be 100x a clean one and would skip a
   provider for no reason of its own).
 A skipped provider gets a row whose note says why ("skipped: would need 17.2 GB").
+Modes: forward and forward+backward (the runner derives backward-only rows from the two; the sweep does not).
 --device cuda runs it on the GPU with the runner's CUDA clock and memory probe (benchmarks/harness.py) and
 KeOps' GPU backend. Writes DIR/cpu_mmd_sweep.md, .csv and .png (gpu_mmd_sweep.* with --device cuda).
 """

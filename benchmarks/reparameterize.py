@@ -37,6 +37,7 @@ def case(label, batch, features, large, device):
         upstream=torch.randn(batch, features, device=device),
         bytes_moved={
             "forward": FORWARD_BYTES * elements,
+            "backward": BACKWARD_BYTES * elements,
             "forward+backward": (FORWARD_BYTES + BACKWARD_BYTES) * elements,
         },
         large=large,

@@ -3,8 +3,8 @@
 
 Times every selected case with its providers -- "vaefast" (the public fused op), "eager" (the reference
 in vaefast.ops.reference, what a user writes), "compile" (torch.compile of that reference, default mode)
-and, for MMD, the peers "pythae" and "keops" where they install (benchmarks/peers.py) -- forward and
-forward+backward, on the CPU or a CUDA GPU, prints a markdown report to stdout (progress goes to
+and, for MMD, the peers "pythae" and "keops" where they install (benchmarks/peers.py) -- forward, backward
+and forward+backward, on the CPU or a CUDA GPU, prints a markdown report to stdout (progress goes to
 stderr) and writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv (gpu_ops.md and gpu_ops.csv with
 --device cuda), and the bar chart of forward+backward speed-ups at the large sizes to DIR/cpu_speedups.png
 (gpu_speedups.png).
@@ -102,41 +102,86 @@ def warm_first_calls(steps, case, device):
             del steps[name]
 
 
+# The report's modes: the two the harness times, and backward, derived from them (derive_backward).
+MODES = ("forward", "backward", "forward+backward")
+
+
+def derive_backward(timings):
+    """(provider, "backward") -> (median ms, IQR ms): its forward+backward median minus its forward median,
+    both timed in the same round-robin. Why a difference: a backward timed alone needs a fresh graph per
+    call, built outside the timing, which a sample of back-to-back calls cannot have; walking one graph again
+    and again with retain_graph=True fails for the compile provider (AOTAutograd donates the saved buffers
+    to its backward and refuses retain_graph) and never frees the saved tensors as a training backward does.
+    The spread is the two IQRs added, the worst case of error propagation (independent spreads would add in
+    quadrature), so a backward smaller than its IQR is within the noise of the two rows and says so."""
+    derived = {}
+    for (name, mode), both in timings.items():
+        forward = timings.get((name, "forward"))
+        if mode == "forward+backward" and forward is not None:
+            derived[(name, "backward")] = (both.median_ms - forward.median_ms, both.iqr_ms + forward.iqr_ms)
+    return derived
+
+
+def ratio(reference_ms, median_ms):
+    """reference_ms / median_ms (above 1: this row is faster), or None where the reference is missing or
+    either time is not positive (an unresolved backward)."""
+    return reference_ms / median_ms if reference_ms and reference_ms > 0 and median_ms > 0 else None
+
+
 def measure_case(case, providers, settings, copy_gbs, device):
-    rows = []
+    steps = {}
     for mode in harness.MODES:
         log(f"  {case.name} / {mode}")
-        steps = {name: harness.make_step(fn, case, mode) for name, fn in providers.items()}
-        warm_first_calls(steps, case, device)
+        mode_steps = {name: harness.make_step(fn, case, mode) for name, fn in providers.items()}
+        warm_first_calls(mode_steps, case, device)
         for name in BUILT_ON_FIRST_CALL:
-            if name not in steps:
+            if name not in mode_steps:
                 providers.pop(name, None)
-        timings = harness.time_round_robin(steps, settings["repeats"], settings["warmup"], settings["min_sample_s"],
-                                           device)
-        peaks = ({name: harness.peak_extra_bytes(step, device) for name, step in steps.items()}
-                 if case.measure_memory else {})
-        eager = timings.get("eager")  # absent where eager would not fit in memory (mmd at n = 65536 on CUDA)
-        for name, timing in timings.items():
-            median_s = timing.median_ms / 1e3
+        steps.update({(name, mode): step for name, step in mode_steps.items()})
+    # Both modes in one round-robin: each forward+backward sample has the forward sample of the same repeat
+    # beside it, so drift hits the two alike and their difference (the backward rows) stays honest.
+    timings = harness.time_round_robin(steps, settings["repeats"], settings["warmup"], settings["min_sample_s"],
+                                       device)
+    peaks = ({key: harness.peak_extra_bytes(step, device) for key, step in steps.items()}
+             if case.measure_memory else {})
+    figures = {key: (timing.median_ms, timing.iqr_ms) for key, timing in timings.items()}
+    figures.update(derive_backward(timings))
+    names = list(dict.fromkeys(name for name, _ in timings))
+    rows = []
+    for mode in MODES:
+        # eager is absent where it would not fit in memory (mmd at n = 65536 on CUDA): no x eager column
+        eager_ms, _ = figures.get(("eager", mode), (None, None))
+        compile_ms, _ = figures.get(("compile", mode), (None, None))
+        for name in names:
+            if (name, mode) not in figures:
+                continue
+            median_ms, iqr_ms = figures[(name, mode)]
+            timed = timings.get((name, mode))  # None for a derived backward row
+            sampled = timed or timings[(name, "forward+backward")]
+            resolved = median_ms > 0
             row = {
                 "case": case.name, "shape": case.shape, "mode": mode, "provider": name,
-                "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
-                "repeats": len(timing.samples_ms), "calls_per_sample": timing.inner,
-                "speedup_vs_eager": (eager.median_ms / timing.median_ms) if eager else None,
-                "speedup_vs_compile": (timings["compile"].median_ms / timing.median_ms) if "compile" in timings else None,
+                "median_ms": median_ms, "iqr_ms": iqr_ms,
+                "repeats": len(sampled.samples_ms),
+                "calls_per_sample": timed.inner if timed else None,
+                "speedup_vs_eager": ratio(eager_ms, median_ms), "speedup_vs_compile": ratio(compile_ms, median_ms),
                 "bytes": None, "gb_per_s": None, "fraction_of_copy_bw": None,
                 "flops": None, "gflop_per_s": None, "peak_extra_mib": None, "note": "",
                 "large": case.large,  # picks the speed-up chart's bars; not a report column
             }
+            if mode == "backward" and median_ms <= iqr_ms:
+                row["note"] = "backward within the spread of the two rows it is derived from: not resolved"
             if case.bytes_moved:
                 row["bytes"] = case.bytes_moved[mode]
-                row["gb_per_s"] = row["bytes"] / median_s / 1e9
-                row["fraction_of_copy_bw"] = row["gb_per_s"] / copy_gbs
+                if resolved:
+                    row["gb_per_s"] = row["bytes"] / (median_ms / 1e3) / 1e9
+                    row["fraction_of_copy_bw"] = row["gb_per_s"] / copy_gbs
             if case.flops:
                 row["flops"] = case.flops[mode]
-                row["gflop_per_s"] = row["flops"] / median_s / 1e9
-            if name in peaks:
-                row["peak_extra_mib"] = peaks[name] / 2**20
+                if resolved:
+                    row["gflop_per_s"] = row["flops"] / (median_ms / 1e3) / 1e9
+            if (name, mode) in peaks:
+                row["peak_extra_mib"] = peaks[(name, mode)] / 2**20
             rows.append(row)
     if case.notes:
         rows.append({"case": case.name, "shape": case.shape, "mode": "", "provider": "", "median_ms": None,
@@ -163,6 +208,8 @@ def main(argv=None):
         f"{'--quick' if args.quick else 'full'} run: {settings['repeats']} repeats per provider and mode "
         f"(round-robin), {settings['warmup']} warm-up call(s), each sample at least "
         f"{settings['min_sample_s'] * 1e3:.0f} ms of back-to-back calls",
+        "forward and forward+backward are timed in one round-robin; backward = forward+backward - forward "
+        "(medians), its IQR the sum of the two IQRs, no peak memory of its own (run.py, derive_backward)",
     ]
     if device.type == "cuda":
         notes.append("timed with CUDA events around each sample's back-to-back calls; the targets below are the "
