@@ -15,9 +15,9 @@ FORWARD_BYTES = 2 * FLOAT32_BYTES
 BACKWARD_BYTES = 4 * FLOAT32_BYTES
 
 
-def case(label, batch, features, large):
-    mu = torch.randn(batch, features, requires_grad=True)
-    logvar = (0.5 * torch.randn(batch, features)).requires_grad_()
+def case(label, batch, features, large, device):
+    mu = torch.randn(batch, features, device=device, requires_grad=True)
+    logvar = (0.5 * torch.randn(batch, features, device=device)).requires_grad_()
     elements = batch * features
     return Case(
         name=f"gaussian_kl {label}",
@@ -28,11 +28,15 @@ def case(label, batch, features, large):
         grad_inputs=("mu", "logvar"),
         bytes_moved={
             "forward": FORWARD_BYTES * elements,
+            "backward": BACKWARD_BYTES * elements,
             "forward+backward": (FORWARD_BYTES + BACKWARD_BYTES) * elements,
         },
         large=large,
     )
 
 
-def cases():
-    return [case("training", 256, 64, large=False), case("large", 4096, 1024, large=True)]
+def cases(device="cpu"):
+    sizes = [("training", 256, 64, False), ("large", 4096, 1024, True)]
+    if torch.device(device).type == "cuda":  # the CUDA issue's size: >= 64M elements, 256 MiB a tensor
+        sizes.append(("64M", 256, 2**18, True))
+    return [case(label, batch, features, large, device) for label, batch, features, large in sizes]

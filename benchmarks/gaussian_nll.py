@@ -15,10 +15,10 @@ FORWARD_BYTES = 2 * FLOAT32_BYTES
 BACKWARD_BYTES = 3 * FLOAT32_BYTES
 
 
-def case(label, batch, features, large):
-    x = torch.rand(batch, features)  # pixels in [0, 1]
-    x_hat = torch.sigmoid(torch.randn(batch, features)).requires_grad_()
-    log_gamma = torch.zeros((), requires_grad=True)  # the official code's initial value
+def case(label, batch, features, large, device):
+    x = torch.rand(batch, features, device=device)  # pixels in [0, 1]
+    x_hat = torch.sigmoid(torch.randn(batch, features, device=device)).requires_grad_()
+    log_gamma = torch.zeros((), device=device, requires_grad=True)  # the official code's initial value
     elements = batch * features
     return Case(
         name=f"gaussian_nll {label}",
@@ -29,11 +29,15 @@ def case(label, batch, features, large):
         grad_inputs=("x_hat", "log_gamma"),
         bytes_moved={
             "forward": FORWARD_BYTES * elements,
+            "backward": BACKWARD_BYTES * elements,
             "forward+backward": (FORWARD_BYTES + BACKWARD_BYTES) * elements,
         },
         large=large,
     )
 
 
-def cases():
-    return [case("training", 256, 784, large=False), case("large", 4096, 1024, large=True)]
+def cases(device="cpu"):
+    sizes = [("training", 256, 784, False), ("large", 4096, 1024, True)]
+    if torch.device(device).type == "cuda":  # the CUDA issue's size: >= 64M elements, 256 MiB a tensor
+        sizes.append(("64M", 256, 2**18, True))
+    return [case(label, batch, features, large, device) for label, batch, features, large in sizes]

@@ -1,6 +1,13 @@
 """The measuring half of the benchmarks: what a case is, the round-robin timing loop, the peak-memory probe,
 the copy-bandwidth yardstick and the machine facts every results file carries. It knows no op; the op
 files (reparameterize.py, gaussian_kl.py, ...) describe cases and run.py drives them.
+
+What differs between CPU and CUDA is here, behind three functions that take the device: synchronize
+(nothing on CPU; torch.cuda.synchronize on CUDA), seconds_of_calls (perf_counter on CPU; on CUDA, events
+around the back-to-back calls, synchronized before and after a sample, never per call) and
+peak_extra_bytes (the profiler's allocation events on CPU; the caching allocator's peak counter on CUDA).
+The copy yardstick times itself with seconds_of_calls and machine_info adds the GPU's facts. The rest --
+warm-up, round-robin, medians -- is the same code on both.
 """
 import dataclasses
 import datetime
@@ -16,7 +23,7 @@ from torch._C._profiler import _EventType
 
 import vaefast
 
-MODES = ("forward", "forward+backward")
+MODES = ("forward", "forward+backward")  # the timed modes; run.py derives "backward" from the two
 FLOAT32_BYTES = 4
 
 
@@ -74,26 +81,52 @@ class Timing:
         return q3 - q1
 
 
-def first_call_seconds(step):
-    """Wall time of one call: for the compile provider the first call is the compilation."""
+def synchronize(device):
+    """Waits for the device's queued work (CUDA runs asynchronously to Python; the CPU does not)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_of_calls(step, calls, device):
+    """Seconds taken by `calls` back-to-back calls of step. CPU: perf_counter around the loop. CUDA: events
+    recorded on the current stream before and after the loop and one synchronize at the end, so the calls
+    queue as they would in training (a synchronize per call would add its ~10 us round trip to each). The
+    queue is drained first (work left by warm-up calls, say), so the start event is not stuck behind
+    earlier work and the loop's launches are not hidden behind it."""
+    if device.type == "cuda":
+        synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3  # elapsed_time is in ms
     start = time.perf_counter()
-    step()
+    for _ in range(calls):
+        step()
     return time.perf_counter() - start
 
 
-def time_round_robin(steps, repeats, warmup, min_sample_s):
-    """steps: provider -> no-argument callable. Each repeat times every provider once, in an order rotated
-    by one per repeat, so that drift (another job starting, the CPU clocking down) hits all providers alike
-    and none always runs right after the same neighbour. A sample is the mean of `inner` back-to-back
-    calls, with inner chosen per provider so that a sample lasts at least min_sample_s (a 10 us kernel
-    timed alone would measure perf_counter and Python, not the kernel)."""
+def first_call_seconds(step, device=torch.device("cpu")):
+    """Time of one call: for the compile provider the first call is the compilation."""
+    return seconds_of_calls(step, 1, device)
+
+
+def time_round_robin(steps, repeats, warmup, min_sample_s, device=torch.device("cpu")):
+    """steps: name -> no-argument callable (run.py: one per provider and mode). Each repeat times every
+    step once, in an order rotated by one per repeat, so that drift (another job starting, the CPU clocking
+    down) hits all steps alike and none always runs right after the same neighbour. A sample is the mean of
+    `inner` back-to-back calls, with inner chosen per step so that a sample lasts at least min_sample_s (a
+    10 us kernel timed alone would measure the timer and Python, not the kernel). The device picks the
+    clock (seconds_of_calls)."""
     inner = {}
     for name, step in steps.items():
         for _ in range(warmup):
             step()
-        single = first_call_seconds(step)
+        single = first_call_seconds(step, device)
         if single < min_sample_s:  # a short call is noisy: take the fastest of a few (a long one costs time)
-            single = min(single, *(first_call_seconds(step) for _ in range(2)))
+            single = min(single, *(first_call_seconds(step, device) for _ in range(2)))
         inner[name] = max(1, math.ceil(min_sample_s / max(single, 1e-7)))
     names = list(steps)
     samples = {name: [] for name in names}
@@ -103,29 +136,37 @@ def time_round_robin(steps, repeats, warmup, min_sample_s):
         for repeat in range(repeats):
             shift = repeat % len(names)
             for name in names[shift:] + names[:shift]:
-                step, calls = steps[name], inner[name]
-                start = time.perf_counter()
-                for _ in range(calls):
-                    step()
-                samples[name].append((time.perf_counter() - start) / calls * 1e3)
+                calls = inner[name]
+                samples[name].append(seconds_of_calls(steps[name], calls, device) / calls * 1e3)
     finally:
         if gc_was_enabled:
             gc.enable()
     return {name: Timing(samples[name], inner[name]) for name in names}
 
 
-MEMORY_METHOD = (
-    "torch.profiler.profile(profile_memory=True): peak of the running sum of the allocation events of one "
-    "call (everything allocated through torch's CPU allocator, outputs and gradients included) above what "
-    "was live before it; no clock involved. Scratch a kernel takes with malloc/new outside torch's "
-    "allocator is not seen."
-)
+MEMORY_METHODS = {
+    "cpu": "torch.profiler.profile(profile_memory=True): peak of the running sum of the allocation events of "
+           "one call (everything allocated through torch's CPU allocator, outputs and gradients included) "
+           "above what was live before it; no clock involved. Scratch a kernel takes with malloc/new outside "
+           "torch's allocator is not seen.",
+    "cuda": "torch.cuda.max_memory_allocated after torch.cuda.reset_peak_memory_stats, minus "
+            "torch.cuda.memory_allocated before the call: the most bytes held through torch's CUDA caching "
+            "allocator during one call (outputs and gradients included) above what was live before it. "
+            "Memory a library takes with cudaMalloc outside torch's allocator (KeOps' scratch) is not seen.",
+}
 
 
-def peak_extra_bytes(step):
-    """Peak bytes allocated through torch's CPU allocator during one call of step, above the bytes live
-    before it (see MEMORY_METHOD)."""
+def peak_extra_bytes(step, device=torch.device("cpu")):
+    """Peak bytes allocated through torch's allocator for the device during one call of step, above the
+    bytes live before it (see MEMORY_METHODS)."""
     gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = []
@@ -144,18 +185,15 @@ def peak_extra_bytes(step):
     return peak
 
 
-def copy_bandwidth_gbs(numel, repeats):
-    """GB/s of dst.copy_(src) on float32 tensors of numel elements (bytes read + bytes written): the
-    machine's practical memory bandwidth at this thread count, the yardstick of the memory-bound ops.
-    dst is written once before timing, so page faults are not in it."""
-    src = torch.rand(numel)
+def copy_bandwidth_gbs(numel, repeats, device=torch.device("cpu")):
+    """GB/s of dst.copy_(src) on float32 tensors of numel elements on the device (bytes read + bytes
+    written; on CUDA a device-to-device copy timed with events): the machine's practical memory bandwidth,
+    the yardstick of the memory-bound ops. dst is written once before timing, so page faults (CPU) and
+    first-touch costs are not in it."""
+    src = torch.rand(numel, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - start)
+    times = [seconds_of_calls(lambda: dst.copy_(src), 1, device) for _ in range(repeats)]
     return 2 * numel * FLOAT32_BYTES / statistics.median(times) / 1e9
 
 
@@ -197,12 +235,29 @@ def git_commit():
         return "unknown"
 
 
-def machine_info(threads):
+def gpu_info(device):
+    """The CUDA device's facts: name, memory, compute capability, the CUDA torch was built with, and the
+    driver's CUDA API version where this torch exposes it (a private function, absent from some builds)."""
+    properties = torch.cuda.get_device_properties(device)
+    driver = getattr(torch._C, "_cuda_getDriverVersion", None)
+    driver_version = driver() if driver is not None else None  # e.g. 12040 for 12.4
+    return {
+        "gpu": properties.name,
+        "gpu memory": f"{properties.total_memory / 2**30:.1f} GiB",
+        "gpu compute capability": f"{properties.major}.{properties.minor}",
+        "torch.version.cuda": torch.version.cuda,
+        "CUDA driver API version": (f"{driver_version // 1000}.{driver_version % 1000 // 10}"
+                                    if driver_version else "not exposed by this torch"),
+    }
+
+
+def machine_info(threads, device=torch.device("cpu")):
     """The facts a reader needs to judge the numbers: hardware, software, build, threads, load."""
     info = vaefast.backend_info()
     build = info.get("build", {})
-    return {
+    facts = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(device),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cores available": len(os.sched_getaffinity(0)),
@@ -214,5 +269,8 @@ def machine_info(threads):
         "vaefast backend": info["backend"] if info["compiled"] else f"reference only ({info['load_error']})",
         "vaefast build cpu_capability": build.get("cpu_capability", "n/a"),
         "vaefast build cxx_flags": build.get("cxx_flags", "n/a"),
-        "peak memory method": MEMORY_METHOD,
     }
+    if device.type == "cuda":
+        facts.update(gpu_info(device))
+    facts["peak memory method"] = MEMORY_METHODS[device.type]
+    return facts

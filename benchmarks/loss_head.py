@@ -22,13 +22,13 @@ def make_head(reparameterize_op, kl_op, nll_op):
     return loss_head
 
 
-def cases():
+def cases(device="cpu"):
     inputs = {
-        "mu": torch.randn(BATCH, LATENT, requires_grad=True),
-        "logvar": (0.5 * torch.randn(BATCH, LATENT)).requires_grad_(),
-        "x": torch.rand(BATCH, PIXELS),
-        "log_gamma": torch.zeros((), requires_grad=True),
-        "weight": torch.randn(LATENT, PIXELS) / LATENT**0.5,
+        "mu": torch.randn(BATCH, LATENT, device=device, requires_grad=True),
+        "logvar": (0.5 * torch.randn(BATCH, LATENT, device=device)).requires_grad_(),
+        "x": torch.rand(BATCH, PIXELS, device=device),
+        "log_gamma": torch.zeros((), device=device, requires_grad=True),
+        "weight": torch.randn(LATENT, PIXELS, device=device) / LATENT**0.5,
     }
     return [Case(
         name="loss head training",

@@ -1,4 +1,4 @@
-"""python -m benchmarks.mmd_sweep [--sizes 256,1024,4096,16384,65536] [--out DIR] [--threads N]
+"""python -m benchmarks.mmd_sweep [--device cpu|cuda] [--sizes 256,1024,4096,16384,65536] [--out DIR] [--threads N]
 
 The MMD sweep: the unbiased 7-scale IMQ MMD^2 of x [n, 64] (requires grad) against y [n, 64] for n from 256
 to 65536, every provider forward and forward+backward: median time, achieved GFLOP/s (the nominal count of
@@ -17,7 +17,9 @@ Budgets, so that the sweep ends in under 10 minutes on 2 cores and never exhaust
   not the median, because on a shared machine a stalled sample can be 100x a clean one and would skip a
   provider for no reason of its own).
 A skipped provider gets a row whose note says why ("skipped: would need 17.2 GB").
-Writes DIR/cpu_mmd_sweep.md, .csv and .png.
+Modes: forward and forward+backward (the runner derives backward-only rows from the two; the sweep does not).
+--device cuda runs it on the GPU with the runner's CUDA clock and memory probe (benchmarks/harness.py) and
+KeOps' GPU backend. Writes DIR/cpu_mmd_sweep.md, .csv and .png (gpu_mmd_sweep.* with --device cuda).
 """
 import argparse
 import os
@@ -27,6 +29,7 @@ import time
 import torch
 
 from . import harness, mmd, peers, plots
+from .run import FILE_PREFIX, check_device
 
 DIM = 64
 SIZES = (256, 1024, 4096, 16384, 65536)
@@ -42,11 +45,11 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def providers():
+def providers(device):
     available = {"vaefast": mmd.fused, "eager": mmd.eager}
     notes = []
     for name, error, fn in (("pythae", peers.PYTHAE_ERROR, peers.pythae_mmd),
-                            ("keops", peers.KEOPS_ERROR, peers.keops_mmd)):
+                            ("keops", peers.keops_error(device), peers.keops_mmd)):
         if error is None:
             available[name] = fn
         else:
@@ -76,8 +79,8 @@ def skip_reason(name, n, mode, previous):
     return None
 
 
-def markdown(machine, rows, notes):
-    out = ["# vaefast CPU MMD sweep (7-scale IMQ, unbiased, d = 64)", "", "## Machine", ""]
+def markdown(title, machine, rows, notes):
+    out = [f"# {title}", "", "## Machine", ""]
     out += [f"- {key}: {value}" for key, value in machine.items()]
     out += ["", "## Run notes", ""] + [f"- {note}" for note in notes]
     out += ["", "## Results", "", "| n | mode | provider | median ms | IQR ms | min ms | repeats | GFLOP/s | peak extra MiB | note |",
@@ -108,23 +111,27 @@ def main(argv=None):
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated n (= m)")
     parser.add_argument("--out", metavar="DIR", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=FILE_PREFIX, default="cpu", help="where the sweep runs (default cpu)")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    device = torch.device(args.device)
+    prefix = FILE_PREFIX[device.type]
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    machine = harness.machine_info(torch.get_num_threads())
+    machine = harness.machine_info(torch.get_num_threads(), device)
     load_start = os.getloadavg()[0]
-    available, notes = providers()
+    available, notes = providers(device)
     notes.append("compile left out: torch.compile recompiles for every n (10-30 s each here); the runner "
-                 "(cpu_ops.md) has it at n = 256 and 2048")
+                 f"({prefix}_ops.md) has it at n = 256 and 2048")
     if "keops" in available:  # KeOps compiles its formulas (forward and gradient) on first use: not timed
-        x, y = torch.randn(8, DIM, requires_grad=True), torch.randn(8, DIM)
+        x, y = torch.randn(8, DIM, device=device, requires_grad=True), torch.randn(8, DIM, device=device)
         start = time.perf_counter()
         torch.autograd.grad(peers.keops_mmd(x, y), x)
         log(f"keops formulas compiled or loaded from cache in {time.perf_counter() - start:.1f} s")
     torch.manual_seed(0)
     rows, last = [], {}
     for n in (int(size) for size in args.sizes.split(",")):
-        x, y = torch.randn(n, DIM, requires_grad=True), torch.randn(n, DIM)
+        x, y = torch.randn(n, DIM, device=device, requires_grad=True), torch.randn(n, DIM, device=device)
         flops = mmd.nominal_flops(n, n, DIM, len(mmd.SCALES))
         for mode in harness.MODES:
             case = harness.Case(name=f"mmd n={n}", op="mmd", shape="", inputs={"x": x, "y": y}, providers={},
@@ -146,9 +153,10 @@ def main(argv=None):
             slow = predicted > SLOW_CALL_S
             repeats = 1 if predicted > VERY_SLOW_CALL_S else 3 if slow else 7
             log(f"n = {n} {mode}: {', '.join(steps)} ({repeats} repeats)")
-            timings = harness.time_round_robin(steps, repeats=repeats, warmup=0 if slow else 1, min_sample_s=0.02)
+            timings = harness.time_round_robin(steps, repeats=repeats, warmup=0 if slow else 1, min_sample_s=0.02,
+                                               device=device)
             for name, timing in timings.items():
-                peak = harness.peak_extra_bytes(steps[name]) / 2**20
+                peak = harness.peak_extra_bytes(steps[name], device) / 2**20
                 row = dict(n=n, d=DIM, mode=mode, provider=name, median_ms=timing.median_ms,
                            iqr_ms=timing.iqr_ms, min_ms=min(timing.samples_ms), repeats=len(timing.samples_ms),
                            gflop_per_s=flops[mode] / (timing.median_ms / 1e3) / 1e9, peak_extra_mib=peak, note="")
@@ -162,14 +170,16 @@ def main(argv=None):
         notes.append(f"WARNING: 1-minute load average reached {busiest:.1f} on {len(os.sched_getaffinity(0))} "
                      "cores: other jobs shared the machine, so these timings are not representative")
     os.makedirs(args.out, exist_ok=True)
-    text = markdown(machine, rows, notes)
-    with open(os.path.join(args.out, "cpu_mmd_sweep.md"), "w") as handle:
+    hardware = machine["gpu"] if device.type == "cuda" else machine["cpu"]
+    text = markdown(f"vaefast {prefix.upper()} MMD sweep (7-scale IMQ, unbiased, d = {DIM}; {hardware})",
+                    machine, rows, notes)
+    with open(os.path.join(args.out, f"{prefix}_mmd_sweep.md"), "w") as handle:
         handle.write(text)
-    write_csv(os.path.join(args.out, "cpu_mmd_sweep.csv"), machine, rows)
-    plots.mmd_sweep(rows, os.path.join(args.out, "cpu_mmd_sweep.png"),
-                    f"MMD sweep, d = {DIM}, 7 IMQ scales ({machine['cpu']}, {args.threads} threads)")
+    write_csv(os.path.join(args.out, f"{prefix}_mmd_sweep.csv"), machine, rows)
+    plots.mmd_sweep(rows, os.path.join(args.out, f"{prefix}_mmd_sweep.png"),
+                    f"MMD sweep, d = {DIM}, 7 IMQ scales ({hardware}, {args.threads} threads)")
     print(text)
-    log(f"wrote {args.out}/cpu_mmd_sweep.md, .csv and .png")
+    log(f"wrote {args.out}/{prefix}_mmd_sweep.md, .csv and .png")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ KeOps (2.3): the same unbiased 7-scale IMQ estimator as vaefast.mmd, written wit
 over j (no n x m matrix is ever stored); k(x_i, x_i) = S for every i, so the diagonal of the x-x sum is
 removed exactly by subtracting n * S. KeOps compiles each formula (and its gradient) with the system C++
 compiler on first use and caches it under ~/.cache/keops*; the first call is a warm-up outside the timing.
+LazyTensors of CUDA tensors run on KeOps' GPU backend (formulas compiled with nvrtc); keops_error says
+where that backend is missing.
 """
 import importlib.metadata
 
@@ -75,6 +77,18 @@ except Exception as error:  # noqa: BLE001
     LazyTensor = None
     KEOPS_ERROR = f"pykeops not importable: {type(error).__name__}: {error}"
 KEOPS_VERSION = _version("pykeops")
+
+
+def keops_error(device):
+    """Why the keops provider cannot run on the device, or None. On CUDA it needs pykeops' GPU backend,
+    which pykeops turns off at import when it finds no CUDA libraries (pykeops.config.gpu_available)."""
+    if KEOPS_ERROR is not None or torch.device(device).type != "cuda":
+        return KEOPS_ERROR
+    import pykeops.config
+
+    if not getattr(pykeops.config, "gpu_available", False):
+        return "pykeops has no GPU backend here (pykeops.config.gpu_available is False: no CUDA libraries found)"
+    return None
 
 
 def _keops_kernel_sum(a, b):

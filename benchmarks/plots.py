@@ -2,8 +2,9 @@
 
 - mmd_sweep(rows, path): the MMD sweep, log-log, time per call (left) and peak extra memory (right) against
   n, one line per provider; a provider's line stops where it was skipped (memory or time budget).
-- speedups(rows, path): forward+backward speed-up over eager of every provider at the large sizes, one
-  group of bars per op, from the runner's rows.
+- speedups(rows, path): forward+backward speed-up over eager of every provider at the large sizes (the
+  cases marked large: on CUDA the CUDA issue's sizes too), one group of bars per case, from the runner's
+  rows; no bar where a case has no eager row to compare with.
 """
 import matplotlib
 
@@ -49,8 +50,7 @@ def mmd_sweep(rows, path, title):
 
 
 def speedups(rows, path, title):
-    large = [row for row in rows if row.get("median_ms") and row["mode"] == "forward+backward"
-             and row["case"].endswith("large")]
+    large = [row for row in rows if row.get("median_ms") and row["mode"] == "forward+backward" and row["large"]]
     cases = list(dict.fromkeys(row["case"] for row in large))
     providers = [p for p in PROVIDER_STYLE if any(row["provider"] == p for row in large)]
     width = 0.8 / max(1, len(providers))
@@ -59,7 +59,7 @@ def speedups(rows, path, title):
         values = []
         for case in cases:
             match = [row for row in large if row["case"] == case and row["provider"] == provider]
-            values.append(float(match[0]["speedup_vs_eager"]) if match else 0.0)
+            values.append(float(match[0]["speedup_vs_eager"]) if match and match[0]["speedup_vs_eager"] else 0.0)
         positions = [c + (index - (len(providers) - 1) / 2) * width for c in range(len(cases))]
         bars = axis.bar(positions, values, width, label=provider, color=PROVIDER_STYLE[provider]["color"])
         axis.bar_label(bars, labels=[f"{v:.1f}x" if v else "" for v in values], fontsize=7)

@@ -22,9 +22,9 @@ def eager(mu, logvar):
     return reference.reparameterize(mu, logvar, eps=torch.randn_like(mu))
 
 
-def case(label, batch, features, large):
-    mu = torch.randn(batch, features, requires_grad=True)
-    logvar = (0.5 * torch.randn(batch, features)).requires_grad_()
+def case(label, batch, features, large, device):
+    mu = torch.randn(batch, features, device=device, requires_grad=True)
+    logvar = (0.5 * torch.randn(batch, features, device=device)).requires_grad_()
     elements = batch * features
     return Case(
         name=f"reparameterize {label}",
@@ -33,14 +33,19 @@ def case(label, batch, features, large):
         inputs={"mu": mu, "logvar": logvar},
         providers={"vaefast": vaefast.reparameterize, "eager": eager},
         grad_inputs=("mu", "logvar"),
-        upstream=torch.randn(batch, features),  # z is a tensor: a fixed random gradient, not sum()'s ones
+        # z is a tensor: a fixed random gradient, not sum()'s ones
+        upstream=torch.randn(batch, features, device=device),
         bytes_moved={
             "forward": FORWARD_BYTES * elements,
+            "backward": BACKWARD_BYTES * elements,
             "forward+backward": (FORWARD_BYTES + BACKWARD_BYTES) * elements,
         },
         large=large,
     )
 
 
-def cases():
-    return [case("training", 256, 64, large=False), case("large", 4096, 1024, large=True)]
+def cases(device="cpu"):
+    sizes = [("training", 256, 64, False), ("large", 4096, 1024, True)]
+    if torch.device(device).type == "cuda":  # the CUDA issue's size: >= 64M elements, 256 MiB a tensor
+        sizes.append(("64M", 256, 2**18, True))
+    return [case(label, batch, features, large, device) for label, batch, features, large in sizes]

@@ -1,5 +1,5 @@
-"""Turns measured rows into the markdown report (stdout and cpu_ops.md) and the CSV (cpu_ops.csv), and
-checks the performance targets."""
+"""Turns measured rows into the markdown report (stdout and cpu_ops.md, or gpu_ops.md with --device cuda)
+and the CSV (cpu_ops.csv, gpu_ops.csv), and checks the performance targets."""
 import csv
 
 SPEEDUP_TARGET = 1.5  # fused op vs eager, forward+backward

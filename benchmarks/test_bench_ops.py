@@ -11,7 +11,9 @@ writes the committed results; this suite is for pytest-benchmark's own tooling (
 would need more memory than the cases allow, is skipped with the reason.
 
 backward: the forward runs in pytest-benchmark's setup, outside the timing, and the timed call is
-torch.autograd.grad of its output (one round per forward, since a graph can be walked once).
+torch.autograd.grad of its output (one round per forward, since a graph can be walked once). The runner
+cannot do that with its samples of back-to-back calls, so it reports forward+backward - forward instead
+(benchmarks/run.py, derive_backward). The cases are built on the CPU.
 """
 import pytest
 import torch
