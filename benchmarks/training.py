@@ -157,10 +157,12 @@ def training_step(model, loss_of, data, seed):
     return step
 
 
-def vaefast_loop(name, models, two_stage, x, stage2_data, epochs, out_dir):
+def vaefast_loop(name, models, two_stage, x, stage2_data, epochs, out_dir, compile=False):
     """A no-argument callable: `epochs` epochs of vaefast.train.train with its defaults (fused Adam,
-    finite-loss guard, progress bar, metrics file and a checkpoint at the end), as a user runs it."""
-    config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, lr_halve_every=None, out_dir=out_dir)
+    finite-loss guard, progress bar, metrics file and a checkpoint at the end), as a user runs it; with
+    compile=True, as `vaefast train --compile` runs it (the first, untimed call compiles)."""
+    config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, lr_halve_every=None, out_dir=out_dir,
+                         compile=compile)
     if name == "Two-Stage stage 1":
         return lambda: train(two_stage, x, config, stage="stage1")
     if name == "Two-Stage stage 2":
@@ -229,6 +231,8 @@ def main(argv=None):
     parser.add_argument("--loop-epochs", type=int, default=2, help="epochs per timed call of each library's loop")
     parser.add_argument("--out", metavar="DIR", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="leave out the vaefast.train --compile rows (inductor takes ~30 s per model first)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -270,6 +274,10 @@ def main(argv=None):
 
                 loops = {"vaefast.train": vaefast_loop(name, ours, two_stage, x, (mu_z, sigma_z),
                                                        args.loop_epochs, os.path.join(scratch, "vaefast"))}
+                if args.compile:
+                    loops["vaefast.train --compile"] = vaefast_loop(
+                        name, ours, two_stage, x, (mu_z, sigma_z), args.loop_epochs,
+                        os.path.join(scratch, "vaefast-compile"), compile=True)
                 if name in theirs:
                     loops["pythae TrainingPipeline"] = pythae_loop(theirs[name][0], data.numpy(), args.loop_epochs,
                                                                    os.path.join(scratch, "pythae"))
@@ -279,12 +287,15 @@ def main(argv=None):
                 steps_per_call = args.loop_epochs * (data.shape[0] // BATCH)
                 rows = rows_of("library loops", name, timings, steps_per_call)
                 sections["Library training loops, end to end"] += rows
-                goal = f"{name}: vaefast >= {THROUGHPUT_TARGET}x pythae's images/s, each library's training loop"
-                if len(rows) == 2:
-                    ratio = rows[0]["speedup_vs_pythae"]
-                    targets.append((goal, f"{'met' if ratio >= THROUGHPUT_TARGET else 'NOT met'} ({ratio:.2f}x)"))
-                else:
-                    targets.append((goal, "not measured (pythae unavailable)"))
+                for row in rows:
+                    if not row["library"].startswith("vaefast"):
+                        continue
+                    goal = f"{name}: {row['library']} >= {THROUGHPUT_TARGET}x pythae's TrainingPipeline images/s"
+                    ratio = row["speedup_vs_pythae"]
+                    if ratio is None:
+                        targets.append((goal, "not measured (pythae unavailable)"))
+                    else:
+                        targets.append((goal, f"{'met' if ratio >= THROUGHPUT_TARGET else 'NOT met'} ({ratio:.2f}x)"))
     else:
         targets.append(("training throughput vs pythae", "not measured (MNIST absent)"))
     machine["load average at end (1, 5, 15 min)"] = ", ".join(f"{load:.2f}" for load in os.getloadavg())
