@@ -207,6 +207,14 @@ def markdown(machine, sections, notes, targets):
     return "\n".join(out) + "\n"
 
 
+class Marginal:
+    """The time of the extra calls' work: long minus short medians; spread: their IQRs added (worst case)."""
+
+    def __init__(self, long, short):
+        self.median_ms = long.median_ms - short.median_ms
+        self.iqr_ms = long.iqr_ms + short.iqr_ms
+
+
 def rows_of(section, name, timings, steps_per_call):
     """One CSV/markdown row per library from round-robin timings of calls of steps_per_call steps each."""
     rows = []
@@ -228,20 +236,23 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=7, help="round-robin repeats of the per-step comparison")
     parser.add_argument("--loop-repeats", type=int, default=3, help="round-robin repeats of the end-to-end loops")
-    parser.add_argument("--loop-epochs", type=int, default=2, help="epochs per timed call of each library's loop")
+    parser.add_argument("--loop-epochs", type=int, nargs=2, default=(1, 3), metavar=("SHORT", "LONG"),
+                        help="epochs of the short and the long run of each library's loop (default 1 3)")
     parser.add_argument("--out", metavar="DIR", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="leave out the vaefast.train --compile rows (inductor takes ~30 s per model first)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add vaefast.train --compile rows (inductor takes ~30 s per model first)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     machine = harness.machine_info(torch.get_num_threads())
     machine["pythae"] = peers.PYTHAE_VERSION or f"unavailable ({peers.PYTHAE_ERROR})"
     load_start = os.getloadavg()[0]
-    notes = [f"library loops: each library's own training loop with its defaults, {args.loop_epochs} epochs per "
-             f"timed call, one untimed call first, {args.loop_repeats} round-robin repeats; ms per step = call "
-             "time / steps (everything the loop does per epoch and at the end is charged to its steps)",
+    notes = [f"library loops: each library's own training loop with its defaults, run for {args.loop_epochs[0]} "
+             f"and for {args.loop_epochs[1]} epochs in one round-robin ({args.loop_repeats} repeats, one untimed "
+             "call each first); ms per step = (median long run - median short run) / the extra steps, so a "
+             "loop's once-per-run costs (set-up, the final checkpoint or model file) are left out and its "
+             "per-epoch and per-step costs counted; IQR = the two runs' IQRs added, per step",
              f"identical loop: {args.repeats} round-robin repeats per model, each sample at least 0.5 s of "
              "back-to-back steps (forward + backward + fused Adam on batches sliced from an in-memory tensor, "
              "the same code for both libraries), 5 warm-up steps",
@@ -272,20 +283,27 @@ def main(argv=None):
                 timings = harness.time_round_robin(steps, repeats=args.repeats, warmup=5, min_sample_s=0.5)
                 sections["Models in an identical loop"] += rows_of("identical loop", name, timings, 1)
 
-                loops = {"vaefast.train": vaefast_loop(name, ours, two_stage, x, (mu_z, sigma_z),
-                                                       args.loop_epochs, os.path.join(scratch, "vaefast"))}
-                if args.compile:
-                    loops["vaefast.train --compile"] = vaefast_loop(
-                        name, ours, two_stage, x, (mu_z, sigma_z), args.loop_epochs,
-                        os.path.join(scratch, "vaefast-compile"), compile=True)
-                if name in theirs:
-                    loops["pythae TrainingPipeline"] = pythae_loop(theirs[name][0], data.numpy(), args.loop_epochs,
-                                                                   os.path.join(scratch, "pythae"))
+                # Each library's loop runs for `short` and for `long` epochs in one round-robin; a step costs
+                # the difference over the extra steps, so what a loop does once per run (setting up, the final
+                # checkpoint or model file) is left out and what it does every epoch or step is counted.
+                short, long = args.loop_epochs
+                loops = {}
+                for epochs in (short, long):
+                    loops[f"vaefast.train|{epochs}"] = vaefast_loop(
+                        name, ours, two_stage, x, (mu_z, sigma_z), epochs, os.path.join(scratch, "vaefast"))
+                    if args.compile:
+                        loops[f"vaefast.train --compile|{epochs}"] = vaefast_loop(
+                            name, ours, two_stage, x, (mu_z, sigma_z), epochs,
+                            os.path.join(scratch, "vaefast-compile"), compile=True)
+                    if name in theirs:
+                        loops[f"pythae TrainingPipeline|{epochs}"] = pythae_loop(
+                            theirs[name][0], data.numpy(), epochs, os.path.join(scratch, "pythae"))
                 log(f"{name}, library loops: {', '.join(loops)}")
                 with quiet():
                     timings = harness.time_round_robin(loops, repeats=args.loop_repeats, warmup=0, min_sample_s=0)
-                steps_per_call = args.loop_epochs * (data.shape[0] // BATCH)
-                rows = rows_of("library loops", name, timings, steps_per_call)
+                marginal = {library: Marginal(timings[f"{library}|{long}"], timings[f"{library}|{short}"])
+                            for library in dict.fromkeys(key.split("|")[0] for key in loops)}
+                rows = rows_of("library loops", name, marginal, (long - short) * (data.shape[0] // BATCH))
                 sections["Library training loops, end to end"] += rows
                 for row in rows:
                     if not row["library"].startswith("vaefast"):
