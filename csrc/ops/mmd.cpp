@@ -55,6 +55,34 @@ void fill_kernel(Params& params, c10::string_view kernel, at::ArrayRef<double> s
   }
 }
 
+// The pair geometry and kernel constants every kernel-sum params struct shares: the pairs of x's rows with
+// themselves (y == nullptr) or with y's rows.
+template <typename Params>
+void fill_pairs(Params& params, const at::Tensor& x, const at::Tensor* y, c10::string_view kernel,
+                at::ArrayRef<double> scales, double bandwidth, bool exclude_diagonal) {
+  fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+  params.n = x.size(0);
+  params.m = y != nullptr ? y->size(0) : x.size(0);
+  params.d = x.size(1);
+  params.self_pairs = y == nullptr;
+  params.exclude_diagonal = exclude_diagonal;
+}
+
+#ifdef VAEFAST_WITH_CUDA
+// The same fields, from the params filled for the CPU element type into those for CUDA's.
+template <typename Dst, typename Src>
+void copy_pairs(Dst& dst, const Src& src) {
+  dst.n = src.n;
+  dst.m = src.m;
+  dst.d = src.d;
+  dst.kernel = src.kernel;
+  dst.num_scales = src.num_scales;
+  for (int s = 0; s < kMaxKernelScales; ++s) dst.scale_constant[s] = src.scale_constant[s];
+  dst.self_pairs = src.self_pairs;
+  dst.exclude_diagonal = src.exclude_diagonal;
+}
+#endif
+
 void check_device(const at::Tensor& x, const char* op) {
   TORCH_CHECK(has_kernel(x), "vaefast::", op, ": no kernel for device ", x.device());
 }
@@ -69,14 +97,7 @@ void run_kernel_sum(const KernelSumParams<scalar_t>& params, const at::Tensor& x
     cuda_params.x = reinterpret_cast<const cuda_t*>(params.x);
     cuda_params.y = reinterpret_cast<const cuda_t*>(params.y);
     cuda_params.out = params.out;
-    cuda_params.n = params.n;
-    cuda_params.m = params.m;
-    cuda_params.d = params.d;
-    cuda_params.kernel = params.kernel;
-    cuda_params.num_scales = params.num_scales;
-    for (int s = 0; s < kMaxKernelScales; ++s) cuda_params.scale_constant[s] = params.scale_constant[s];
-    cuda_params.self_pairs = params.self_pairs;
-    cuda_params.exclude_diagonal = params.exclude_diagonal;
+    copy_pairs(cuda_params, params);
     const Workspace workspace = cuda_workspace(cuda::kernel_sum_workspace_bytes(cuda_params), x);
     cuda_params.workspace = workspace.data();
     run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_kernel_sum(cuda_params, stream); });
@@ -98,14 +119,7 @@ void run_kernel_sum_backward(const KernelSumBackwardParams<scalar_t>& params, co
     cuda_params.y = reinterpret_cast<const cuda_t*>(params.y);
     cuda_params.grad_x = reinterpret_cast<cuda_t*>(params.grad_x);
     cuda_params.grad_y = reinterpret_cast<cuda_t*>(params.grad_y);
-    cuda_params.n = params.n;
-    cuda_params.m = params.m;
-    cuda_params.d = params.d;
-    cuda_params.kernel = params.kernel;
-    cuda_params.num_scales = params.num_scales;
-    for (int s = 0; s < kMaxKernelScales; ++s) cuda_params.scale_constant[s] = params.scale_constant[s];
-    cuda_params.self_pairs = params.self_pairs;
-    cuda_params.exclude_diagonal = params.exclude_diagonal;
+    copy_pairs(cuda_params, params);
     run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_kernel_sum_backward(cuda_params, stream); });
     return;
   }
@@ -130,15 +144,10 @@ at::Tensor kernel_sum_self(const at::Tensor& x, c10::string_view kernel, at::Arr
   const at::Tensor x_c = x.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self", [&] {
     KernelSumParams<scalar_t> params;
-    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    fill_pairs(params, x, nullptr, kernel, scales, bandwidth, exclude_diagonal);
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = params.x;
     params.out = total.mutable_data_ptr<double>();
-    params.n = x.size(0);
-    params.m = x.size(0);
-    params.d = x.size(1);
-    params.self_pairs = true;
-    params.exclude_diagonal = exclude_diagonal;
     run_kernel_sum(params, x);
   });
   return total;
@@ -156,16 +165,11 @@ at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x,
   const at::Tensor x_c = x.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self_backward", [&] {
     KernelSumBackwardParams<scalar_t> params;
-    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    fill_pairs(params, x, nullptr, kernel, scales, bandwidth, exclude_diagonal);
     params.grad = grad_c.const_data_ptr<double>();
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = params.x;
     params.grad_x = grad_x.mutable_data_ptr<scalar_t>();
-    params.n = x.size(0);
-    params.m = x.size(0);
-    params.d = x.size(1);
-    params.self_pairs = true;
-    params.exclude_diagonal = exclude_diagonal;
     run_kernel_sum_backward(params, x);
   });
   return grad_x;
@@ -184,13 +188,10 @@ at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::strin
   const at::Tensor y_c = y.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross", [&] {
     KernelSumParams<scalar_t> params;
-    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    fill_pairs(params, x, &y, kernel, scales, bandwidth, /*exclude_diagonal=*/false);
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = y_c.const_data_ptr<scalar_t>();
     params.out = total.mutable_data_ptr<double>();
-    params.n = x.size(0);
-    params.m = y.size(0);
-    params.d = x.size(1);
     run_kernel_sum(params, x);
   });
   return total;
@@ -212,15 +213,12 @@ std::tuple<at::Tensor, at::Tensor> kernel_sum_cross_backward(const at::Tensor& g
   const at::Tensor y_c = y.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross_backward", [&] {
     KernelSumBackwardParams<scalar_t> params;
-    fill_kernel(params, kernel, scales, bandwidth, x.size(1));
+    fill_pairs(params, x, &y, kernel, scales, bandwidth, /*exclude_diagonal=*/false);
     params.grad = grad_c.const_data_ptr<double>();
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = y_c.const_data_ptr<scalar_t>();
     params.grad_x = grad_x.mutable_data_ptr<scalar_t>();
     params.grad_y = grad_y.mutable_data_ptr<scalar_t>();
-    params.n = x.size(0);
-    params.m = y.size(0);
-    params.d = x.size(1);
     run_kernel_sum_backward(params, x);
   });
   return {grad_x, grad_y};
