@@ -99,7 +99,7 @@ void reparameterize_forward(const ReparameterizeParams<scalar_t>& p) {
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const int64_t first = tile * kNoiseTile;
       const int64_t count = std::min(kNoiseTile, total - first);
-      draw_normals(p.seed, p.offset, first, count, eps);
+      draw_normals(p.philox.seed, p.philox.offset, first, count, eps);
       write_z(first, first + count, [&](int64_t t) { return Vec<acc>::loadu(eps + (t - first)); },
               [&](int64_t t) { return eps[t - first]; });
     }
