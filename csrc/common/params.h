@@ -67,6 +67,40 @@ struct GaussianKlBackwardParams {
   int64_t features = 0;
 };
 
+// The fused VAE head: ReparameterizeParams' z with Philox noise and GaussianKlParams' per_sample, from one
+// read of mu and logvar. z[s, b, j] = mu[b, j] + exp(logvar[b, j] / 2) * eps[s, b, j];
+// per_sample[b] = sum_j 0.5 * (mu[b, j]^2 + exp(logvar[b, j]) - 1 - logvar[b, j]).
+template <typename scalar_t>
+struct ReparameterizeKlParams {
+  const scalar_t* mu = nullptr;      // [batch, features]
+  const scalar_t* logvar = nullptr;  // [batch, features]
+  scalar_t* z = nullptr;             // [num_samples, batch, features]
+  scalar_t* per_sample = nullptr;    // [batch]
+  int64_t batch = 0;
+  int64_t features = 0;
+  int64_t num_samples = 1;
+  PhiloxState philox;
+  // CUDA only: scratch of cuda::reparameterize_kl_workspace_bytes(params) bytes (per-chunk partial sums).
+  void* workspace = nullptr;
+};
+
+// Both gradients of the head in one pass (grad_kl[b] = d loss / d per_sample[b]):
+// grad_mu[b, j] = sum_s grad_z[s, b, j] + grad_kl[b] * mu[b, j];
+// grad_logvar[b, j] = sum_s 0.5 * grad_z[s, b, j] * (z[s, b, j] - mu[b, j]) + grad_kl[b] * 0.5 * expm1(logvar[b, j]).
+template <typename scalar_t>
+struct ReparameterizeKlBackwardParams {
+  const scalar_t* grad_z = nullptr;   // [num_samples, batch, features]
+  const scalar_t* grad_kl = nullptr;  // [batch]
+  const scalar_t* z = nullptr;        // [num_samples, batch, features]
+  const scalar_t* mu = nullptr;       // [batch, features]
+  const scalar_t* logvar = nullptr;   // [batch, features]
+  scalar_t* grad_mu = nullptr;        // [batch, features]
+  scalar_t* grad_logvar = nullptr;    // [batch, features]
+  int64_t batch = 0;
+  int64_t features = 0;
+  int64_t num_samples = 1;
+};
+
 // How log_gamma is laid out against x viewed as [batch, features]. The glue maps every accepted shape onto
 // one of these: a 0-dim or one-element tensor is kScalar; a [B] tensor is kPerSample; anything
 // broadcastable to x that does not vary along the batch is kPerFeature (expanded to [features]); the rest
