@@ -37,7 +37,7 @@ class Case:
     inputs: dict  # argument name -> tensor, passed positionally (in this order) to every provider
     providers: dict  # "vaefast" / "eager" -> fn(*inputs) -> output; run.py adds "compile" from "eager"
     grad_inputs: tuple  # names of the inputs the backward differentiates
-    upstream: torch.Tensor = None  # fixed random gradient for a tensor output; None for a scalar loss
+    upstream: object = None  # fixed random gradient for a tensor output, None for a scalar loss; a tuple for a tuple
     bytes_moved: dict = None  # mode -> bytes one call must move at the least (memory-bound ops)
     flops: dict = None  # mode -> nominal FLOPs of one call (compute-bound ops)
     measure_memory: bool = False  # probe the peak extra memory of each provider

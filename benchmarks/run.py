@@ -1,9 +1,10 @@
-"""python -m benchmarks.run [--device cpu|cuda] [--quick] [--out DIR] [--ops reparameterize,kl,nll,mmd,loss_head]
-[--threads N]
+"""python -m benchmarks.run [--device cpu|cuda] [--quick] [--out DIR]
+[--ops reparameterize,kl,reparameterize_kl,nll,mmd,loss_head] [--threads N]
 
 Times every selected case with its providers -- "vaefast" (the public fused op), "eager" (the reference
-in vaefast.ops.reference, what a user writes), "compile" (torch.compile of that reference, default mode)
-and, for MMD, the peers "pythae" and "keops" where they install (benchmarks/peers.py) -- forward, backward
+in vaefast.ops.reference, what a user writes), "compile" (torch.compile of that reference, default mode),
+for the fused head and the loss head "separate" (vaefast's reparameterize and gaussian_kl, unfused) and,
+for MMD, the peers "pythae" and "keops" where they install (benchmarks/peers.py) -- forward, backward
 and forward+backward, on the CPU or a CUDA GPU, prints a markdown report to stdout (progress goes to
 stderr) and writes it with a CSV to DIR/cpu_ops.md and DIR/cpu_ops.csv (gpu_ops.md and gpu_ops.csv with
 --device cuda), and the bar chart of forward+backward speed-ups at the large sizes to DIR/cpu_speedups.png
@@ -21,10 +22,11 @@ import time
 
 import torch
 
-from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, plots, report, reparameterize
+from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, plots, report, reparameterize, reparameterize_kl
 
 CASE_MODULES = {
-    "reparameterize": reparameterize, "kl": gaussian_kl, "nll": gaussian_nll, "mmd": mmd, "loss_head": loss_head,
+    "reparameterize": reparameterize, "kl": gaussian_kl, "reparameterize_kl": reparameterize_kl, "nll": gaussian_nll,
+    "mmd": mmd, "loss_head": loss_head,
 }
 
 # (repeats, warm-up calls, least seconds per sample, copy-bandwidth elements, copy repeats)

@@ -18,12 +18,12 @@ cannot do that with its samples of back-to-back calls, so it reports forward+bac
 import pytest
 import torch
 
-from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, peers, reparameterize
+from . import gaussian_kl, gaussian_nll, harness, loss_head, mmd, peers, reparameterize, reparameterize_kl
 
 pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed (benchmarks/requirements.txt)")
 
-MODULES = (reparameterize, gaussian_kl, gaussian_nll, mmd, loss_head)
-PROVIDERS = ("vaefast", "eager", "compile", "pythae", "keops")
+MODULES = (reparameterize, gaussian_kl, reparameterize_kl, gaussian_nll, mmd, loss_head)
+PROVIDERS = ("vaefast", "separate", "eager", "compile", "pythae", "keops")
 MODES = ("forward", "backward", "forward+backward")
 PEER_ERRORS = {"pythae": peers.PYTHAE_ERROR, "keops": peers.KEOPS_ERROR}
 

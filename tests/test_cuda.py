@@ -1,7 +1,8 @@
 """CUDA-specific tests: every op's CUDA kernel against the CPU kernel on the same inputs (values and
-gradients), the Philox stream on both devices, determinism, CUDA-graph capture and replay of a training
-step, torch.compile(mode="reduce-overhead"), and int64 indexing past 2^31 elements. Skipped where there is
-no CUDA device or the extension was built without CUDA kernels (python -m vaefast.gpu_check builds it).
+gradients), the fused head against the two ops it fuses, the Philox stream on both devices, determinism,
+CUDA-graph capture and replay of a training step, torch.compile(mode="reduce-overhead"), and int64 indexing
+past 2^31 elements. Skipped where there is no CUDA device or the extension was built without CUDA kernels
+(python -m vaefast.gpu_check builds it).
 """
 import pytest
 import torch
@@ -92,6 +93,78 @@ def test_philox_eps_identical_on_cpu_and_cuda(dtype, numel, num_samples):
     eps_cpu = vaefast.reparameterize_philox(zeros, zeros, seed, offset)
     eps_cuda = vaefast.reparameterize_philox(zeros.cuda(), zeros.cuda(), seed, offset)
     assert_same(eps_cuda, eps_cpu, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("num_samples", (None, 3))
+def test_reparameterize_kl_is_the_two_ops_bit_for_bit(dtype, shape, num_samples):
+    """The fused head from a CUDA generator state: reparameterize's z and gaussian_kl's per-sample KL, bit for
+    bit (the same Philox offsets, the same row sums)."""
+    mu, logvar = torch.randn(shape, device="cuda").to(dtype), torch.randn(shape, device="cuda").to(dtype)
+    generator = torch.Generator("cuda")
+    generator.manual_seed(0x5EED)
+    z, kl = vaefast.reparameterize_kl(mu, logvar, num_samples=num_samples, generator=generator, reduction="none")
+    generator.manual_seed(0x5EED)
+    assert torch.equal(z, vaefast.reparameterize(mu, logvar, num_samples=num_samples, generator=generator))
+    assert torch.equal(kl, vaefast.gaussian_kl(mu, logvar, reduction="none"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("num_samples", (None, 3))
+def test_reparameterize_kl_backward_matches_cpu(dtype, shape, num_samples):
+    z_shape = shape if num_samples is None else (num_samples, *shape)
+    args = [torch.randn(z_shape), torch.randn(shape[0]), torch.randn(z_shape), torch.randn(shape), torch.randn(shape)]
+    args = [t.to(dtype) for t in args]  # grad_z, grad_kl, z, mu, logvar
+    expected = torch.ops.vaefast.reparameterize_kl_backward(*args)
+    actual = torch.ops.vaefast.reparameterize_kl_backward(*(t.cuda() for t in args))
+    for got, want in zip(actual, expected):
+        assert_same(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reparameterize_kl_gradients_match_the_two_ops(dtype, shape):
+    """One fused backward against the two ops' backwards summed by autograd, on the same draw."""
+    generator = torch.Generator("cuda")
+    inputs = [torch.randn(shape, device="cuda").to(dtype).requires_grad_() for _ in range(2)]
+    grads = []
+    def separate(mu, logvar, generator):
+        return vaefast.reparameterize(mu, logvar, generator=generator), vaefast.gaussian_kl(mu, logvar)
+
+    for head in (vaefast.reparameterize_kl, separate):
+        generator.manual_seed(7)
+        z, kl = head(*inputs, generator=generator)
+        grads.append(torch.autograd.grad((z * z.detach().sign()).sum() + 3 * kl, inputs))
+    for got, want in zip(*grads):
+        assert_same(got, want, dtype)
+
+
+def test_reparameterize_kl_cuda_graph_replay_draws_fresh_noise():
+    mu = torch.randn(64, 16, device="cuda", requires_grad=True)
+    logvar = torch.randn(64, 16, device="cuda", requires_grad=True)
+
+    def step():
+        z, kl = vaefast.reparameterize_kl(mu, logvar)
+        return z, torch.autograd.grad(z.square().mean() + kl, (mu, logvar))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_z, static_grads = step()
+    draws = []
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(bool(torch.isfinite(g).all()) for g in static_grads)
+        draws.append(static_z.clone())
+    assert not torch.equal(draws[0], draws[1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -123,6 +123,7 @@ def test_unknown_backend_is_a_clear_error():
         (lambda a, b: vaefast.reparameterize(a, b), "logvar"),
         (lambda a, b: vaefast.reparameterize(a, a, eps=b), "eps"),
         (lambda a, b: vaefast.gaussian_kl(a, b), "logvar"),
+        (lambda a, b: vaefast.reparameterize_kl(a, b), "logvar"),
         (lambda a, b: vaefast.gaussian_nll(a, b, torch.zeros(())), "x_hat"),
         (lambda a, b: vaefast.gaussian_nll(a, a, b[0, 0]), "log_gamma"),
         (lambda a, b: vaefast.mmd(a, b), "y"),
@@ -136,12 +137,19 @@ def test_arguments_on_different_devices_are_named(call, name):
         call(here, elsewhere)
 
 
+def head_loss(ops, b):
+    """The fused head with a fixed seed (the same noise on the compiled and the reference path)."""
+    z, kl = ops.reparameterize_kl(b["mu"], b["logvar"], generator=torch.Generator().manual_seed(11))
+    return z.square().sum() + kl
+
+
 def _ops_under_second_order():
     """(name of the op whose backward is reached, loss(ops, batch), tensors it differentiates)."""
     return [
         ("vaefast::reparameterize_with_eps",
          lambda ops, b: ops.reparameterize(b["mu"], b["logvar"], eps=b["eps"]).square().sum(), ("mu", "logvar")),
         ("vaefast::gaussian_kl", lambda ops, b: ops.gaussian_kl(b["mu"], b["logvar"]), ("mu", "logvar")),
+        ("vaefast::reparameterize_kl", lambda ops, b: head_loss(ops, b), ("mu", "logvar")),
         ("vaefast::gaussian_nll",
          lambda ops, b: ops.gaussian_nll(b["x"], torch.sigmoid(b["mu"] @ b["weight"]), b["log_gamma"]),
          ("mu", "weight", "log_gamma")),

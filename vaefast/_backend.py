@@ -13,6 +13,7 @@ import torch
 OPS = (
     "reparameterize", "reparameterize_philox", "reparameterize_with_eps", "reparameterize_backward",
     "gaussian_kl", "gaussian_kl_backward",
+    "reparameterize_kl", "reparameterize_kl_backward",
     "gaussian_nll", "gaussian_nll_backward",
     "kernel_sum_self", "kernel_sum_self_backward", "kernel_sum_cross", "kernel_sum_cross_backward",
 )

@@ -83,7 +83,8 @@ def small_run():
             mu, logvar = leaf(66, features), leaf(66, features)
             z = vaefast.reparameterize(mu, logvar, num_samples=2)
             z2 = vaefast.reparameterize(mu, logvar, eps=torch.randn_like(mu))
-            loss = vaefast.gaussian_kl(mu, logvar) + z.sum() + z2.sum()
+            z3, kl = vaefast.reparameterize_kl(mu, logvar, num_samples=2)
+            loss = vaefast.gaussian_kl(mu, logvar) + z.sum() + z2.sum() + z3.sum() + kl
             for log_gamma in (leaf(()), leaf(66), leaf(features), leaf(66, features)):
                 loss = loss + vaefast.gaussian_nll(mu, logvar, log_gamma)
             torch.autograd.grad(loss, [mu, logvar])

@@ -1,5 +1,5 @@
 // Plain parameter structs: everything a kernel needs, filled once by the torch-facing glue (csrc/ops) and
-// passed by value to the CPU loops (csrc/cpu) and, later, the CUDA launchers. No torch types: pointers,
+// passed by value to the CPU loops (csrc/cpu) and the CUDA launchers (csrc/cuda). No torch types: pointers,
 // sizes in elements, scalars. Every tensor behind a pointer is contiguous (the glue makes it so).
 #pragma once
 
@@ -7,23 +7,28 @@
 
 namespace vaefast {
 
+// The Philox stream (common/philox.h) a noise-drawing kernel reads: (seed, offset).
+struct PhiloxState {
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  // CUDA only, mirroring at::PhiloxCudaState for CUDA-graph capture: when seed_ptr is set, the kernel reads
+  // seed = *seed_ptr and offset = *offset_ptr + offset_intragraph on the device (the generator's graph-safe
+  // state, refreshed before each replay) instead of the two values above. The CPU kernels ignore them.
+  const int64_t* seed_ptr = nullptr;
+  const int64_t* offset_ptr = nullptr;
+  uint64_t offset_intragraph = 0;
+};
+
 // z[s, i] = mu[i] + exp(logvar[i] / 2) * eps[s, i] for s < num_samples, i < numel.
 template <typename scalar_t>
 struct ReparameterizeParams {
   const scalar_t* mu = nullptr;      // [numel]
   const scalar_t* logvar = nullptr;  // [numel]
-  const scalar_t* eps = nullptr;     // [num_samples, numel], or nullptr: draw from Philox(seed, offset)
+  const scalar_t* eps = nullptr;     // [num_samples, numel], or nullptr: draw from Philox(philox)
   scalar_t* z = nullptr;             // [num_samples, numel]
   int64_t numel = 0;
   int64_t num_samples = 1;
-  uint64_t seed = 0;
-  uint64_t offset = 0;
-  // CUDA only, mirroring at::PhiloxCudaState for CUDA-graph capture: when seed_ptr is set, the kernel reads
-  // seed = *seed_ptr and offset = *offset_ptr + offset_intragraph on the device (the generator's graph-safe
-  // state, refreshed before each replay) instead of the two values above. The CPU kernel ignores them.
-  const int64_t* seed_ptr = nullptr;
-  const int64_t* offset_ptr = nullptr;
-  uint64_t offset_intragraph = 0;
+  PhiloxState philox;
 };
 
 // grad_logvar[i] = sum_s 0.5 * grad_z[s, i] * (z[s, i] - mu[i]). (grad_mu = sum_s grad_z[s, i] needs no
@@ -60,6 +65,40 @@ struct GaussianKlBackwardParams {
   scalar_t* grad_logvar = nullptr;   // [batch, features]
   int64_t batch = 0;
   int64_t features = 0;
+};
+
+// The fused VAE head: ReparameterizeParams' z with Philox noise and GaussianKlParams' per_sample, from one
+// read of mu and logvar. z[s, b, j] = mu[b, j] + exp(logvar[b, j] / 2) * eps[s, b, j];
+// per_sample[b] = sum_j 0.5 * (mu[b, j]^2 + exp(logvar[b, j]) - 1 - logvar[b, j]).
+template <typename scalar_t>
+struct ReparameterizeKlParams {
+  const scalar_t* mu = nullptr;      // [batch, features]
+  const scalar_t* logvar = nullptr;  // [batch, features]
+  scalar_t* z = nullptr;             // [num_samples, batch, features]
+  scalar_t* per_sample = nullptr;    // [batch]
+  int64_t batch = 0;
+  int64_t features = 0;
+  int64_t num_samples = 1;
+  PhiloxState philox;
+  // CUDA only: scratch of cuda::reparameterize_kl_workspace_bytes(params) bytes (per-chunk partial sums).
+  void* workspace = nullptr;
+};
+
+// Both gradients of the head in one pass (grad_kl[b] = d loss / d per_sample[b]):
+// grad_mu[b, j] = sum_s grad_z[s, b, j] + grad_kl[b] * mu[b, j];
+// grad_logvar[b, j] = sum_s 0.5 * grad_z[s, b, j] * (z[s, b, j] - mu[b, j]) + grad_kl[b] * 0.5 * expm1(logvar[b, j]).
+template <typename scalar_t>
+struct ReparameterizeKlBackwardParams {
+  const scalar_t* grad_z = nullptr;   // [num_samples, batch, features]
+  const scalar_t* grad_kl = nullptr;  // [batch]
+  const scalar_t* z = nullptr;        // [num_samples, batch, features]
+  const scalar_t* mu = nullptr;       // [batch, features]
+  const scalar_t* logvar = nullptr;   // [batch, features]
+  scalar_t* grad_mu = nullptr;        // [batch, features]
+  scalar_t* grad_logvar = nullptr;    // [batch, features]
+  int64_t batch = 0;
+  int64_t features = 0;
+  int64_t num_samples = 1;
 };
 
 // How log_gamma is laid out against x viewed as [batch, features]. The glue maps every accepted shape onto

@@ -115,23 +115,55 @@ struct Normal4 {
   T n[4];
 };
 
+// One Box-Muller pair from two 32-bit words: (r cos theta, r sin theta). A kernel that needs only half a
+// block (two float64 elements, or a single element) computes just its pair, with box_muller4's bits.
+template <typename T>
+VAEFAST_HOST_DEVICE void box_muller_pair(uint32_t radius_bits, uint32_t angle_bits, T* first, T* second) {
+  const T radius = box_muller_radius(uniform_open_closed<T>(radius_bits));
+  const T theta = box_muller_angle(uniform_open_closed<T>(angle_bits));
+  T sine, cosine;
+  math_sincos(theta, &sine, &cosine);
+  *first = radius * cosine;
+  *second = radius * sine;
+}
+
 template <typename T>
 VAEFAST_HOST_DEVICE Normal4<T> box_muller4(Philox4 bits) {
   Normal4<T> out;
-  for (int pair = 0; pair < 2; ++pair) {
-    const T radius = box_muller_radius(uniform_open_closed<T>(bits.x[2 * pair]));
-    const T theta = box_muller_angle(uniform_open_closed<T>(bits.x[2 * pair + 1]));
-    T sine, cosine;
-    math_sincos(theta, &sine, &cosine);
-    out.n[2 * pair] = radius * cosine;
-    out.n[2 * pair + 1] = radius * sine;
-  }
+  box_muller_pair(bits.x[0], bits.x[1], &out.n[0], &out.n[1]);
+  box_muller_pair(bits.x[2], bits.x[3], &out.n[2], &out.n[3]);
   return out;
 }
 
 template <typename T>
 VAEFAST_HOST_DEVICE Normal4<T> normal_block(uint64_t seed, uint64_t offset, uint64_t block) {
   return box_muller4<T>(philox_block(seed, offset, block));
+}
+
+// The normals of the N flat elements [first, first + N), computing only the Box-Muller pairs they use: whole
+// blocks when N is a multiple of 4 (first too), the one pair of elements (first, first + 1) when N = 2 (first
+// even), one lane of its pair when N = 1. The same bits as normal_block's lanes; for kernels whose threads
+// own fewer than four elements (the fused head's float64 packs and scalar path on CUDA).
+template <typename T, int N>
+VAEFAST_HOST_DEVICE void normals_at(uint64_t seed, uint64_t offset, uint64_t first, T (&out)[N]) {
+  static_assert(N == 1 || N == 2 || N % 4 == 0, "whole blocks, one Box-Muller pair or one element");
+  if constexpr (N % 4 == 0) {
+    for (int b = 0; b < N / 4; ++b) {
+      const Normal4<T> normals = normal_block<T>(seed, offset, first / 4 + b);
+      for (int k = 0; k < 4; ++k) out[4 * b + k] = normals.n[k];
+    }
+  } else {
+    const Philox4 bits = philox_block(seed, offset, first / 4);
+    const bool second_pair = first % 4 >= 2;  // lanes (2, 3) rather than (0, 1)
+    T pair[2];
+    box_muller_pair(second_pair ? bits.x[2] : bits.x[0], second_pair ? bits.x[3] : bits.x[1], &pair[0], &pair[1]);
+    if constexpr (N == 2) {
+      out[0] = pair[0];
+      out[1] = pair[1];
+    } else {
+      out[0] = first % 2 == 0 ? pair[0] : pair[1];  // a select, not a dynamic index (local memory on CUDA)
+    }
+  }
 }
 
 }  // namespace vaefast

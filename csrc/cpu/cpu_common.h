@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <type_traits>
 #include <vector>
 
@@ -159,14 +160,21 @@ void parallel_row_segments(int64_t rows, int64_t cols, const F& f) {
 // row and every fixed chunk [begin, end) of the columns, in parallel; the partial sums are then added in
 // chunk order. Same inputs, same bits, whatever the thread count. chunk_sum may also write elementwise
 // outputs of its chunk (the backward kernels do), so every element is touched by one thread only.
-template <typename acc, typename ChunkSum>
-void deterministic_row_sums(int64_t rows, int64_t cols, const ChunkSum& chunk_sum, acc* row_totals) {
+//
+// With state: make_chunk_sum() is called once for each contiguous range of items a thread takes, and the
+// chunk_sum it returns is called on that range's items in order (row by row, and chunk by chunk within a
+// row: consecutive flat elements), so it may carry state from one item into the next (the fused head's
+// noise, drawn a tile at a time across short rows). The items, and so the bits, are those of the plain form.
+template <typename acc, typename MakeChunkSum>
+void deterministic_row_sums_with_state(int64_t rows, int64_t cols, const MakeChunkSum& make_chunk_sum,
+                                       acc* row_totals) {
   const int64_t chunks = std::max<int64_t>(1, (cols + kReduceChunk - 1) / kReduceChunk);
   const int64_t chunk_cols = std::max<int64_t>(1, std::min(cols, kReduceChunk));
   const int64_t grain = std::max<int64_t>(1, kGrainElements / chunk_cols);
   std::vector<acc> partial(chunks > 1 ? rows * chunks : 0);
   acc* out = chunks > 1 ? partial.data() : row_totals;
   at::parallel_for(0, rows * chunks, grain, [&](int64_t begin, int64_t end) {
+    auto chunk_sum = make_chunk_sum();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t row = item / chunks;
       const int64_t chunk = item % chunks;
@@ -180,6 +188,11 @@ void deterministic_row_sums(int64_t rows, int64_t cols, const ChunkSum& chunk_su
       row_totals[row] = total;
     }
   }
+}
+
+template <typename acc, typename ChunkSum>
+void deterministic_row_sums(int64_t rows, int64_t cols, const ChunkSum& chunk_sum, acc* row_totals) {
+  deterministic_row_sums_with_state<acc>(rows, cols, [&] { return std::cref(chunk_sum); }, row_totals);
 }
 
 }  // namespace cpu

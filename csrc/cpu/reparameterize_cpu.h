@@ -62,6 +62,34 @@ void draw_normals(uint64_t seed, uint64_t offset, int64_t first, int64_t count, 
   }
 }
 
+// The flat elements of z that reparameterize_forward computes in write_z's scalar tail (libm's exp) rather
+// than on vectors (Sleef's; the two differ in the last bit for about 1 input in 10), with the noise drawn.
+// write_z runs whole vectors from the start of every piece of a noise tile that lies in one sample, so the
+// tails are at most two runs of fewer than `width` elements per sample: before the first tile boundary
+// inside the sample (when the sample starts inside a tile and goes past it) and at the sample's end. The
+// fused head asks this to give every element of z reparameterize's bits.
+struct ScalarTails {
+  int64_t begin[2] = {0, 0};  // flat runs [begin[k], end[k]); empty when begin[k] == end[k]
+  int64_t end[2] = {0, 0};
+};
+
+template <typename acc>
+ScalarTails reparameterize_scalar_tails(int64_t numel, int64_t sample) {
+  constexpr int64_t width = Vec<acc>::size();
+  const int64_t first = sample * numel;
+  const int64_t last = first + numel;
+  ScalarTails tails;
+  const int64_t boundary = (first / kNoiseTile + 1) * kNoiseTile;  // the first tile boundary after `first`
+  if (first % kNoiseTile != 0 && boundary < last) {
+    tails.begin[0] = boundary - (boundary - first) % width;
+    tails.end[0] = boundary;
+  }
+  const int64_t last_piece = std::max(first, (last - 1) / kNoiseTile * kNoiseTile);
+  tails.begin[1] = last - (last - last_piece) % width;
+  tails.end[1] = last;
+  return tails;
+}
+
 template <typename scalar_t>
 void reparameterize_forward(const ReparameterizeParams<scalar_t>& p) {
   using acc = acc_t<scalar_t>;
@@ -99,7 +127,7 @@ void reparameterize_forward(const ReparameterizeParams<scalar_t>& p) {
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const int64_t first = tile * kNoiseTile;
       const int64_t count = std::min(kNoiseTile, total - first);
-      draw_normals(p.seed, p.offset, first, count, eps);
+      draw_normals(p.philox.seed, p.philox.offset, first, count, eps);
       write_z(first, first + count, [&](int64_t t) { return Vec<acc>::loadu(eps + (t - first)); },
               [&](int64_t t) { return eps[t - first]; });
     }

@@ -1,7 +1,8 @@
 // What the CUDA kernels share: widening loads and narrowing stores for float16/bfloat16, 16-byte packs,
-// grid sizing, deterministic warp and block reductions, and the per-row chunked sum that the per-sample
-// losses are built on. Torch-free (CUDA's headers and csrc/common only), so nvcc compiles it on machines
-// whose torch has no CUDA headers (the CMake compile check).
+// grid sizing, deterministic warp and block reductions, the per-row chunked sum that the per-sample losses
+// are built on, and where a noise-drawing kernel finds its Philox stream. Torch-free (CUDA's headers and
+// csrc/common only), so nvcc compiles it on machines whose torch has no CUDA headers (the CMake compile
+// check).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,12 +12,25 @@
 #include <cstdint>
 
 #include "../common/elementwise_math.h"
+#include "../common/params.h"
 
 namespace vaefast {
 namespace cuda {
 
 constexpr int kThreads = 256;  // threads per block of the memory-bound kernels
 constexpr int kWarp = 32;
+
+// (seed, offset) of a noise-drawing call: the values in the state, or, under CUDA-graph capture, read from
+// the generator's device-side state as at::cuda::philox::unpack does.
+__device__ __forceinline__ void philox_seed_offset(const PhiloxState& philox, uint64_t* seed, uint64_t* offset) {
+  if (philox.seed_ptr != nullptr) {
+    *seed = static_cast<uint64_t>(*philox.seed_ptr);
+    *offset = static_cast<uint64_t>(*philox.offset_ptr) + philox.offset_intragraph;
+  } else {
+    *seed = philox.seed;
+    *offset = philox.offset;
+  }
+}
 
 // Widen to the accumulation type / narrow to storage (float16 and bfloat16 go through float).
 template <typename acc, typename scalar_t>
@@ -49,6 +63,7 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v)
 // splits into two 16-byte accesses).
 template <typename scalar_t, int N>
 struct alignas(sizeof(scalar_t) * N) Pack {
+  static constexpr int size = N;
   scalar_t v[N];
 };
 

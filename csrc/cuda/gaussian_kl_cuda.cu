@@ -1,7 +1,9 @@
 // CUDA kernels of vaefast::gaussian_kl. Forward: one read of mu and logvar (8 bytes per float32 element),
-// per-sample sums by warp per (row, chunk) (cuda_common.cuh); backward: one read of mu and logvar and one
-// write of each gradient (16 bytes per float32 element). Per-element math: common/elementwise_math.h.
+// per-sample sums by warp per (row, chunk) (cuda_common.cuh; the terms in gaussian_kl_cuda.cuh); backward:
+// one read of mu and logvar and one write of each gradient (16 bytes per float32 element). Per-element
+// math: common/elementwise_math.h.
 #include "cuda_common.cuh"
+#include "gaussian_kl_cuda.cuh"
 #include "launchers.h"
 
 namespace vaefast {
@@ -16,28 +18,9 @@ struct KlTerm {
   bool vectorised;
 
   __device__ acc_t<scalar_t> operator()(int64_t row, int64_t begin, int64_t end, int lane) const {
-    using acc = acc_t<scalar_t>;
-    constexpr int N = kVecWidth<scalar_t>;
-    const scalar_t* mu_row = mu + row * features;
-    const scalar_t* logvar_row = logvar + row * features;
-    return lane_sum<acc, N>(
-        begin, end, lane, vectorised,
-        [&](int64_t j) {
-          const Pack<scalar_t, N> m = *reinterpret_cast<const Pack<scalar_t, N>*>(mu_row + j);
-          const Pack<scalar_t, N> l = *reinterpret_cast<const Pack<scalar_t, N>*>(logvar_row + j);
-          acc total = 0;
-#pragma unroll
-          for (int k = 0; k < N; ++k) total += gaussian_kl_term(to_acc<acc>(m.v[k]), to_acc<acc>(l.v[k]));
-          return total;
-        },
-        [&](int64_t j) { return gaussian_kl_term(to_acc<acc>(mu_row[j]), to_acc<acc>(logvar_row[j])); });
+    return kl_lane_sum(mu, logvar, features, vectorised, row, begin, end, lane,
+                       [](int64_t, const auto&, const auto&) {});
   }
-};
-
-template <typename scalar_t>
-struct StoreRow {
-  scalar_t* out;
-  __device__ void operator()(int64_t row, acc_t<scalar_t> total) const { out[row] = from_acc<scalar_t>(total); }
 };
 
 // grad_mu = grad[row] * mu, grad_logvar = grad[row] * 0.5 * expm1(logvar); packs of N never straddle rows

@@ -33,13 +33,22 @@
 namespace vaefast {
 namespace cuda {
 
-// z = mu + exp(logvar / 2) * eps; eps from params.eps or drawn in-kernel from Philox (params.seed/offset,
-// or the graph-safe params.seed_ptr/offset_ptr/offset_intragraph), element for element the CPU kernel's
+// z = mu + exp(logvar / 2) * eps; eps from params.eps or drawn in-kernel from Philox (params.philox: seed and
+// offset, or the graph-safe seed_ptr/offset_ptr/offset_intragraph), element for element the CPU kernel's
 // stream up to the rounding of log/sqrt/sincos.
 template <typename scalar_t>
 void launch_reparameterize(const ReparameterizeParams<scalar_t>& params, cudaStream_t stream);
 template <typename scalar_t>
 void launch_reparameterize_backward(const ReparameterizeBackwardParams<scalar_t>& params, cudaStream_t stream);
+
+// The fused VAE head: z exactly as launch_reparameterize draws it from the same params.philox, per_sample
+// exactly as launch_gaussian_kl sums it, from one read of mu and logvar; the backward writes both gradients.
+template <typename scalar_t>
+size_t reparameterize_kl_workspace_bytes(const ReparameterizeKlParams<scalar_t>& params);
+template <typename scalar_t>
+void launch_reparameterize_kl(const ReparameterizeKlParams<scalar_t>& params, cudaStream_t stream);
+template <typename scalar_t>
+void launch_reparameterize_kl_backward(const ReparameterizeKlBackwardParams<scalar_t>& params, cudaStream_t stream);
 
 template <typename scalar_t>
 size_t gaussian_kl_workspace_bytes(const GaussianKlParams<scalar_t>& params);

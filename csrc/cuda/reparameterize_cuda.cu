@@ -16,20 +16,6 @@ namespace {
 template <typename scalar_t>
 constexpr int kGroup = kVecWidth<scalar_t> > 4 ? kVecWidth<scalar_t> : 4;
 
-// (seed, offset) of this call: the values in the params, or, under CUDA-graph capture, read from the
-// generator's device-side state as at::cuda::philox::unpack does.
-template <typename scalar_t>
-__device__ __forceinline__ void philox_stream(const ReparameterizeParams<scalar_t>& p, uint64_t* seed,
-                                              uint64_t* offset) {
-  if (p.seed_ptr != nullptr) {
-    *seed = static_cast<uint64_t>(*p.seed_ptr);
-    *offset = static_cast<uint64_t>(*p.offset_ptr) + p.offset_intragraph;
-  } else {
-    *seed = p.seed;
-    *offset = p.offset;
-  }
-}
-
 // Vector path: numel % N == 0 (a group never straddles two samples) and every pointer N-element aligned.
 template <typename scalar_t, int N, bool draw>
 __global__ void __launch_bounds__(kThreads) reparameterize_kernel(ReparameterizeParams<scalar_t> p) {
@@ -37,7 +23,7 @@ __global__ void __launch_bounds__(kThreads) reparameterize_kernel(Reparameterize
   using P = Pack<scalar_t, N>;
   static_assert(N % 4 == 0, "a group holds whole Philox blocks");
   uint64_t seed = 0, offset = 0;
-  if (draw) philox_stream(p, &seed, &offset);
+  if (draw) philox_seed_offset(p.philox, &seed, &offset);
   const int64_t groups = p.numel * p.num_samples / N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
@@ -72,7 +58,7 @@ template <typename scalar_t, bool draw>
 __global__ void __launch_bounds__(kThreads) reparameterize_scalar_kernel(ReparameterizeParams<scalar_t> p) {
   using acc = acc_t<scalar_t>;
   uint64_t seed = 0, offset = 0;
-  if (draw) philox_stream(p, &seed, &offset);
+  if (draw) philox_seed_offset(p.philox, &seed, &offset);
   const int64_t total = p.numel * p.num_samples;
   const int64_t blocks = (total + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;

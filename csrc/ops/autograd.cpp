@@ -144,6 +144,48 @@ struct ReparameterizeWithEps : public torch::autograd::Function<ReparameterizeWi
   }
 };
 
+// ---- reparameterize_kl (the fused head) -------------------------------------------------------------------
+// Saved: z, mu and logvar; z and mu first, as reparameterize saves them, so that reparameterize_grads serves
+// the backward when only z is used. Gradients are not materialised: an unused output's gradient stays
+// undefined and that output's half of the backward is skipped (only z used: reparameterize's backward; only
+// the KL: gaussian_kl's), rather than run on a tensor of zeros.
+
+using KlBackward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+struct ReparameterizeKl : public torch::autograd::Function<ReparameterizeKl> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                               std::optional<int64_t> num_samples, std::optional<at::Generator> generator) {
+    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, std::optional<int64_t>, std::optional<at::Generator>)>(
+        "vaefast::reparameterize_kl");
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [z, kl] = op.call(mu, logvar, num_samples, std::move(generator));
+    ctx->save_for_backward({z, mu, logvar});
+    ctx->set_materialize_grads(false);
+    return {z, kl};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+        "vaefast::reparameterize_kl_backward");
+    static const auto kl_backward_op = op_handle<KlBackward>("vaefast::gaussian_kl_backward");
+    return once_differentiable("vaefast::reparameterize_kl", ctx, grads, [&]() -> variable_list {
+      const at::Tensor& grad_z = grads[0];
+      const at::Tensor& grad_kl = grads[1];
+      const auto saved = ctx->get_saved_variables();
+      at::Tensor grad_mu, grad_logvar;
+      if (grad_z.defined() && grad_kl.defined()) {
+        std::tie(grad_mu, grad_logvar) = backward_op.call(grad_z, grad_kl, saved[0], saved[1], saved[2]);
+      } else if (grad_z.defined()) {
+        std::tie(grad_mu, grad_logvar) = reparameterize_grads(ctx, grad_z);
+      } else if (grad_kl.defined()) {
+        std::tie(grad_mu, grad_logvar) = kl_backward_op.call(grad_kl, saved[1], saved[2]);
+      }
+      return {grad_mu, grad_logvar, at::Tensor(), at::Tensor()};
+    });
+  }
+};
+
 // ---- gaussian_kl ------------------------------------------------------------------------------------------
 
 struct GaussianKl : public torch::autograd::Function<GaussianKl> {
@@ -154,9 +196,7 @@ struct GaussianKl : public torch::autograd::Function<GaussianKl> {
     return op.call(mu, logvar);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto backward_op =
-        op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
-            "vaefast::gaussian_kl_backward");
+    static const auto backward_op = op_handle<KlBackward>("vaefast::gaussian_kl_backward");
     return once_differentiable("vaefast::gaussian_kl", ctx, grads, [&]() -> variable_list {
       const auto saved = ctx->get_saved_variables();
       auto [grad_mu, grad_logvar] = backward_op.call(grads[0], saved[0], saved[1]);
@@ -263,6 +303,11 @@ TORCH_LIBRARY_IMPL(vaefast, Autograd, m) {
   });
   m.impl("reparameterize_with_eps", [](const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps) {
     return ReparameterizeWithEps::apply(mu, logvar, eps);
+  });
+  m.impl("reparameterize_kl", [](const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
+                                 std::optional<at::Generator> generator) {
+    const variable_list outputs = ReparameterizeKl::apply(mu, logvar, num_samples, std::move(generator));
+    return std::make_tuple(outputs[0], outputs[1]);
   });
   m.impl("gaussian_kl", [](const at::Tensor& mu, const at::Tensor& logvar) { return GaussianKl::apply(mu, logvar); });
   m.impl("gaussian_nll", [](const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {

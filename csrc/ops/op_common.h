@@ -1,13 +1,15 @@
-// Helpers for the torch-facing glue of every op: argument checks whose messages name the argument, and the
-// [batch, features] view that "per sample" means. The Python wrappers (vaefast/ops) validate first with the
-// same wording; these checks guard what the kernels rely on, so a direct torch.ops.vaefast call with bad
-// arguments raises instead of reading out of bounds.
+// Helpers for the torch-facing glue of every op: argument checks whose messages name the argument, the
+// [batch, features] view that "per sample" means, and the shape of a draw. The Python wrappers
+// (vaefast/ops) validate first with the same wording; these checks guard what the kernels rely on, so a
+// direct torch.ops.vaefast call with bad arguments raises instead of reading out of bounds.
 #pragma once
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
+#include <vector>
 
 namespace vaefast {
 namespace ops {
@@ -52,6 +54,17 @@ inline BatchView batch_view(const at::Tensor& t) {
   int64_t features = 1;
   for (int64_t d = 1; d < t.dim(); ++d) features *= t.size(d);
   return {batch, features};
+}
+
+// The shape of z drawn from mu: mu's, with num_samples first when it is given (k draws for importance-weighted
+// bounds).
+inline std::vector<int64_t> sample_shape(const at::Tensor& mu, std::optional<int64_t> num_samples) {
+  std::vector<int64_t> shape(mu.sizes().begin(), mu.sizes().end());
+  if (num_samples.has_value()) {
+    TORCH_CHECK(*num_samples >= 1, "num_samples must be >= 1; got ", *num_samples);
+    shape.insert(shape.begin(), *num_samples);
+  }
+  return shape;
 }
 
 }  // namespace ops

@@ -1,15 +1,11 @@
 // vaefast::reparameterize: z = mu + exp(logvar / 2) * eps, with eps drawn in-kernel from Philox or given.
 #include "../cpu/reparameterize_cpu.h"
 #include "op_common.h"
+#include "philox_state.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/core/Generator.h>
-#include <limits>
 
 #ifdef VAEFAST_WITH_CUDA
-#include <ATen/cuda/CUDAGeneratorImpl.h>
-#include <mutex>
-
 #include "cuda_glue.h"
 #endif
 
@@ -17,32 +13,14 @@ namespace vaefast {
 namespace ops {
 namespace {
 
-std::vector<int64_t> sample_shape(const at::Tensor& mu, std::optional<int64_t> num_samples) {
-  std::vector<int64_t> shape(mu.sizes().begin(), mu.sizes().end());
-  if (num_samples.has_value()) {
-    TORCH_CHECK(*num_samples >= 1, "num_samples must be >= 1; got ", *num_samples);
-    shape.insert(shape.begin(), *num_samples);
-  }
-  return shape;
-}
-
 void check_mu_logvar(const at::Tensor& mu, const at::Tensor& logvar) {
   check_floating(mu, "mu");
   check_like(logvar, "logvar", mu, "mu");
 }
 
-// Where a CUDA kernel reads its Philox stream when it comes from torch's CUDA generator: the fields of
-// at::PhiloxCudaState, which under CUDA-graph capture point at device memory that each replay refreshes.
-struct GraphPhilox {
-  const int64_t* seed_ptr = nullptr;
-  const int64_t* offset_ptr = nullptr;
-  uint64_t offset_intragraph = 0;
-};
-
-// eps == nullopt: Philox stream (seed, offset), or on CUDA the generator state in `graph` when given.
+// eps == nullopt: noise drawn from the Philox stream `philox`.
 at::Tensor launch_forward(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
-                          const std::optional<at::Tensor>& eps, uint64_t seed, uint64_t offset,
-                          const GraphPhilox& graph = {}) {
+                          const std::optional<at::Tensor>& eps, const PhiloxState& philox) {
   TORCH_CHECK(has_kernel(mu), "vaefast::reparameterize: no kernel for device ", mu.device());
   at::Tensor z = at::empty(sample_shape(mu, num_samples), mu.options());
   if (z.numel() == 0) return z;
@@ -59,17 +37,11 @@ at::Tensor launch_forward(const at::Tensor& mu, const at::Tensor& logvar, std::o
       params.z = cuda_mutable_data<scalar_t>(z);
       params.numel = mu.numel();
       params.num_samples = num_samples.value_or(1);
-      params.seed = seed;
-      params.offset = offset;
-      params.seed_ptr = graph.seed_ptr;
-      params.offset_ptr = graph.offset_ptr;
-      params.offset_intragraph = graph.offset_intragraph;
+      params.philox = philox;
       run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize(params, stream); });
     });
     return z;
   }
-#else
-  (void)graph;
 #endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize", [&] {
     ReparameterizeParams<scalar_t> params;
@@ -79,53 +51,27 @@ at::Tensor launch_forward(const at::Tensor& mu, const at::Tensor& logvar, std::o
     params.z = z.mutable_data_ptr<scalar_t>();
     params.numel = mu.numel();
     params.num_samples = num_samples.value_or(1);
-    params.seed = seed;
-    params.offset = offset;
+    params.philox = philox;
     cpu::reparameterize_forward(params);
   });
   return z;
 }
 
-// Draws the stream from `generator` (or the default CPU generator): the seed is one torch.randint draw, the
-// same call vaefast/ops/philox.py's draw_seed makes, so torch.manual_seed and get/set_rng_state govern it
-// and the compiled and reference paths draw identical noise.
+// Draws the stream from `generator` (or the default generator of mu's device): philox_state.h.
 at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
                           std::optional<at::Generator> generator) {
   check_mu_logvar(mu, logvar);
-#ifdef VAEFAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    // On CUDA a randint(...).item() seed would synchronise the host; the generator's Philox state instead
-    // stays on the device under graph capture (unpacked in the kernel) and costs nothing otherwise. Each
-    // call advances the offset by kPhiloxOffsetIncrement: the element's block index lives in the counter's
-    // low half, so one increment covers any number of elements (common/philox.h).
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator(mu.device().index()));
-    at::PhiloxCudaState state;
-    {
-      std::lock_guard<std::mutex> lock(gen->mutex_);
-      state = gen->philox_cuda_state(kPhiloxOffsetIncrement);
-    }
-    if (state.captured_) {
-      GraphPhilox graph;
-      graph.seed_ptr = state.seed_.ptr;
-      graph.offset_ptr = state.offset_.ptr;
-      graph.offset_intragraph = state.offset_intragraph_;
-      return launch_forward(mu, logvar, num_samples, std::nullopt, 0, 0, graph);
-    }
-    return launch_forward(mu, logvar, num_samples, std::nullopt, state.seed_.val, state.offset_.val);
-  }
-#endif
-  const int64_t seed = at::randint(0, std::numeric_limits<int64_t>::max(), {}, generator,
-                                   mu.options().dtype(at::kLong)).item<int64_t>();
-  return launch_forward(mu, logvar, num_samples, std::nullopt, static_cast<uint64_t>(seed), 0);
+  return launch_forward(mu, logvar, num_samples, std::nullopt, next_philox_state(mu, std::move(generator)));
 }
 
 // An explicit stream, for reproducing draws across devices and for tests.
 at::Tensor reparameterize_philox(const at::Tensor& mu, const at::Tensor& logvar,
                                  std::optional<int64_t> num_samples, int64_t seed, int64_t offset) {
   check_mu_logvar(mu, logvar);
-  return launch_forward(mu, logvar, num_samples, std::nullopt, static_cast<uint64_t>(seed),
-                        static_cast<uint64_t>(offset));
+  PhiloxState philox;
+  philox.seed = static_cast<uint64_t>(seed);
+  philox.offset = static_cast<uint64_t>(offset);
+  return launch_forward(mu, logvar, num_samples, std::nullopt, philox);
 }
 
 // eps: mu's shape, or [num_samples, *mu.shape].
@@ -138,7 +84,7 @@ at::Tensor reparameterize_with_eps(const at::Tensor& mu, const at::Tensor& logva
   if (eps.dim() == mu.dim() + 1) num_samples = eps.size(0);
   TORCH_CHECK(eps.sizes() == at::IntArrayRef(sample_shape(mu, num_samples)),
               "eps must have the shape of mu ", mu.sizes(), " or [num_samples, *mu.shape]; got ", eps.sizes());
-  return launch_forward(mu, logvar, num_samples, eps, 0, 0);
+  return launch_forward(mu, logvar, num_samples, eps, PhiloxState{});
 }
 
 // grad_z, z: [num_samples, *mu.shape] or mu's shape -> grad_logvar shaped like mu.

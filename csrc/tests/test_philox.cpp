@@ -1,9 +1,12 @@
 // Tests of common/philox.h: Philox4x32-10 against Random123's known-answer vectors, vaefast's counter layout,
-// the (0, 1] uniform map, and the Box-Muller normals (pointwise against long double, and their moments).
+// the (0, 1] uniform map, the Box-Muller normals (pointwise against long double, and their moments), and
+// normals_at's partial blocks against normal_block.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <set>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -233,3 +236,38 @@ VAEFAST_TEST(philox_streams_are_distinct) {
   const vaefast::Normal4<double> b = vaefast::normal_block<double>(seed, offset + vaefast::kPhiloxOffsetIncrement, 0);
   EXPECT_TRUE(a.n[0] != b.n[0] && a.n[1] != b.n[1] && a.n[2] != b.n[2] && a.n[3] != b.n[3]);
 }
+
+// normals_at, the CUDA head's per-thread draw, gives the lanes of normal_block bit for bit: whole blocks, the
+// one Box-Muller pair of an even element, and one element of either pair (both precisions).
+template <typename T, int N>
+bool normals_at_matches_blocks(uint64_t seed, uint64_t offset, uint64_t first) {
+  T got[N];
+  vaefast::normals_at<T, N>(seed, offset, first, got);
+  for (int k = 0; k < N; ++k) {
+    const uint64_t element = first + static_cast<uint64_t>(k);
+    const T expected = vaefast::normal_block<T>(seed, offset, element / 4).n[element % 4];
+    if (std::memcmp(&got[k], &expected, sizeof(T)) != 0) {
+      return EXPECT_MSG(false, "normals_at<" + show(N) + "> element " + show(element) + ": " + show(got[k]) +
+                                   " vs normal_block's " + show(expected));
+    }
+  }
+  return true;
+}
+
+template <typename T>
+void check_normals_at() {
+  std::mt19937_64 rng(vaefast::testing::test_seed());
+  for (int trial = 0; trial < 2000; ++trial) {
+    const uint64_t seed = rng(), offset = rng() & ~uint64_t{3};
+    const uint64_t element = rng() >> 2;  // any block, including counters past 2^32
+    const bool ok = normals_at_matches_blocks<T, 1>(seed, offset, element) &&
+                    normals_at_matches_blocks<T, 2>(seed, offset, element & ~uint64_t{1}) &&
+                    normals_at_matches_blocks<T, 4>(seed, offset, element & ~uint64_t{3}) &&
+                    normals_at_matches_blocks<T, 8>(seed, offset, element & ~uint64_t{7});
+    if (!ok) return;
+  }
+  EXPECT_TRUE(true);
+}
+
+VAEFAST_TEST(normals_at_matches_normal_block_double) { check_normals_at<double>(); }
+VAEFAST_TEST(normals_at_matches_normal_block_float) { check_normals_at<float>(); }

@@ -4,5 +4,7 @@ from .gaussian_kl import gaussian_kl
 from .gaussian_nll import gaussian_nll
 from .mmd import mmd, mmd_prior
 from .reparameterize import reparameterize, reparameterize_philox
+from .reparameterize_kl import reparameterize_kl
 
-__all__ = ["gaussian_kl", "gaussian_nll", "mmd", "mmd_prior", "reparameterize", "reparameterize_philox"]
+__all__ = ["gaussian_kl", "gaussian_nll", "mmd", "mmd_prior", "reparameterize", "reparameterize_kl",
+           "reparameterize_philox"]

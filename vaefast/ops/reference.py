@@ -44,6 +44,14 @@ def gaussian_kl(mu, logvar, *, reduction="mean"):
     return reduce_per_sample(per_sample, reduction)
 
 
+def reparameterize_kl(mu, logvar, *, num_samples=None, generator=None, reduction="mean"):
+    """The fused VAE head as the two ops it fuses, on the same mu and logvar: (z, KL)."""
+    return (
+        reparameterize(mu, logvar, num_samples=num_samples, generator=generator),
+        gaussian_kl(mu, logvar, reduction=reduction),
+    )
+
+
 def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):
     """Per-sample -log N(x | x_hat, exp(log_gamma)^2 I); a [B] log_gamma is per sample."""
     if log_gamma.numel() == 1:
