@@ -330,11 +330,21 @@ def test_mmd_property_against_reference(n, m, d, kernel, unbiased, dtype, spread
     truth = terms[0] + terms[1] - 2 * terms[2]
     # Kxx + Kyy - 2 Kxy may cancel: rounding is relative to the terms, not to their difference, so the
     # floor is a few ulps of the terms (assert_earned's floor, relative to the difference, is too tight
-    # where the float32 reference's own error happens to cancel out).
-    terms_size = float(terms[0].abs() + terms[1].abs() + 2 * terms[2].abs())
+    # where the float32 reference's own error happens to cancel out). imq and rbf values are positive, so
+    # a term's size is its mean. poly's are signed and its dot products round relative to sum_i |a_i b_i|:
+    # the size that bounds its error is the kernel of the absolute values, (|a|.|b| / d + 1)^3 >= |k|,
+    # and a length-d dot product, the +1 and the cube take about 3 (d + 2) roundings of it.
+    if kernel == "poly":
+        x_abs, y_abs = x.abs(), y.abs()
+        sizes = [exact_mean_kernel(x_abs, x_abs, kernel, unbiased), exact_mean_kernel(y_abs, y_abs, kernel, unbiased),
+                 exact_mean_kernel(x_abs, y_abs, kernel, False)]
+        roundings = 3 * (d + 2)
+    else:
+        sizes, roundings = terms, 8
+    terms_size = float(sizes[0].abs() + sizes[1].abs() + 2 * sizes[2].abs())
     if dtype == torch.float32:
         reference_error = max_error(reference.mmd(x, y, kernel=kernel, unbiased=unbiased), truth)
-        budget = 2 * reference_error + 8 * torch.finfo(dtype).eps * terms_size
+        budget = 2 * reference_error + roundings * torch.finfo(dtype).eps * terms_size
     else:
         budget = 1e-12 * terms_size
     assert max_error(actual, truth) <= budget
