@@ -9,7 +9,7 @@ import torch
 import vaefast
 from vaefast.ops import reference
 
-from .harness import FLOAT32_BYTES, Case
+from .harness import FLOAT32_BYTES, Case, elementwise_bytes, elementwise_sizes
 
 FORWARD_BYTES = 2 * FLOAT32_BYTES
 BACKWARD_BYTES = 4 * FLOAT32_BYTES
@@ -26,17 +26,11 @@ def case(label, batch, features, large, device):
         inputs={"mu": mu, "logvar": logvar},
         providers={"vaefast": vaefast.gaussian_kl, "eager": reference.gaussian_kl},
         grad_inputs=("mu", "logvar"),
-        bytes_moved={
-            "forward": FORWARD_BYTES * elements,
-            "backward": BACKWARD_BYTES * elements,
-            "forward+backward": (FORWARD_BYTES + BACKWARD_BYTES) * elements,
-        },
+        bytes_moved=elementwise_bytes(FORWARD_BYTES, BACKWARD_BYTES, elements),
         large=large,
     )
 
 
 def cases(device="cpu"):
-    sizes = [("training", 256, 64, False), ("large", 4096, 1024, True)]
-    if torch.device(device).type == "cuda":  # the CUDA issue's size: >= 64M elements, 256 MiB a tensor
-        sizes.append(("64M", 256, 2**18, True))
-    return [case(label, batch, features, large, device) for label, batch, features, large in sizes]
+    return [case(label, batch, features, large, device)
+            for label, batch, features, large in elementwise_sizes(device, training_features=64)]

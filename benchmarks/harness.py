@@ -45,6 +45,21 @@ class Case:
     notes: list = dataclasses.field(default_factory=list)
 
 
+
+def elementwise_bytes(forward_bytes, backward_bytes, elements):
+    """Case.bytes_moved of a memory-bound op from the bytes it must move per element each way."""
+    return {"forward": forward_bytes * elements, "backward": backward_bytes * elements,
+            "forward+backward": (forward_bytes + backward_bytes) * elements}
+
+
+def elementwise_sizes(device, training_features):
+    """(label, batch, features, large) of the memory-bound ops' cases: the training size [256, F], the
+    large size [4096, 1024] and, on CUDA, the CUDA issue's size (>= 64M elements, 256 MiB a tensor)."""
+    sizes = [("training", 256, training_features, False), ("large", 4096, 1024, True)]
+    if torch.device(device).type == "cuda":
+        sizes.append(("64M", 256, 2**18, True))
+    return sizes
+
 def make_step(fn, case, mode):
     """A no-argument callable running one forward (inputs that need grad do, as in training: the graph is
     built and dropped) or one forward and backward of fn on the case's inputs."""

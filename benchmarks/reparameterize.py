@@ -10,7 +10,7 @@ import torch
 import vaefast
 from vaefast.ops import reference
 
-from .harness import FLOAT32_BYTES, Case
+from .harness import FLOAT32_BYTES, Case, elementwise_bytes, elementwise_sizes
 
 FORWARD_BYTES = 3 * FLOAT32_BYTES
 BACKWARD_BYTES = 4 * FLOAT32_BYTES
@@ -35,17 +35,11 @@ def case(label, batch, features, large, device):
         grad_inputs=("mu", "logvar"),
         # z is a tensor: a fixed random gradient, not sum()'s ones
         upstream=torch.randn(batch, features, device=device),
-        bytes_moved={
-            "forward": FORWARD_BYTES * elements,
-            "backward": BACKWARD_BYTES * elements,
-            "forward+backward": (FORWARD_BYTES + BACKWARD_BYTES) * elements,
-        },
+        bytes_moved=elementwise_bytes(FORWARD_BYTES, BACKWARD_BYTES, elements),
         large=large,
     )
 
 
 def cases(device="cpu"):
-    sizes = [("training", 256, 64, False), ("large", 4096, 1024, True)]
-    if torch.device(device).type == "cuda":  # the CUDA issue's size: >= 64M elements, 256 MiB a tensor
-        sizes.append(("64M", 256, 2**18, True))
-    return [case(label, batch, features, large, device) for label, batch, features, large in sizes]
+    return [case(label, batch, features, large, device)
+            for label, batch, features, large in elementwise_sizes(device, training_features=64)]
