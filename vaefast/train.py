@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -81,7 +82,8 @@ def train(model, x, config, *, labels=None, stage=None):
     model.to(device)
     module = _trainable_part(model, stage)
     dtype = next(module.parameters()).dtype
-    optimizer = _adam([p for p in module.parameters() if p.requires_grad], config.lr, device)
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    optimizer = _adam(parameters, config.lr, device)
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimizer, step_size=config.lr_halve_every or 2**62, gamma=0.5 if config.lr_halve_every else 1.0
     )
@@ -113,9 +115,10 @@ def train(model, x, config, *, labels=None, stage=None):
             model.latent_gather = distributed.gather_rows  # a WAE's MMD sees every rank's latents
     if config.compile:
         forward = torch.compile(forward)
-    use_amp = config.amp
-    if use_amp and dtype != torch.float32:
+    if config.amp and dtype != torch.float32:
         raise ValueError(f"amp=True autocasts float32 models to bf16; this model's parameters are {dtype}")
+    # A disabled torch.autocast still costs its enter and exit every step; without amp there is nothing to enter.
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext
 
     per_rank = num_examples // context.world_size
     steps_per_epoch = per_rank // config.batch_size if config.drop_last else math.ceil(per_rank / config.batch_size)
@@ -135,11 +138,16 @@ def train(model, x, config, *, labels=None, stage=None):
         order = order[context.rank::context.world_size][:per_rank].to(device)
         for batch in range(steps_per_epoch):
             index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-            inputs = data[index]  # [batch_size, *data_shape]
+            # index_select, not data[index]: the same rows, without advanced indexing's general machinery
+            # (~0.1 ms a step on CPU at batch 64, about 1% of a small VAE's step).
+            inputs = data.index_select(0, index)  # [batch_size, *data_shape]
             for saved, buffer in zip(buffer_backup, module.buffers()):
                 saved.copy_(buffer)  # BatchNorm statistics, restored if this step turns out bad
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                output = forward(inputs, labels=labels[index]) if labels is not None else forward(inputs)
+            with autocast():
+                if labels is None:
+                    output = forward(inputs)
+                else:
+                    output = forward(inputs, labels=labels.index_select(0, index))
             step += 1
             if config.check_finite and not distributed.all_finite(output.loss, context):
                 # Nothing is applied: no backward, no optimizer step, buffers as before the forward.
@@ -157,7 +165,8 @@ def train(model, x, config, *, labels=None, stage=None):
                 bar.update(1)
                 continue
             bad_in_a_row = 0
-            optimizer.zero_grad(set_to_none=True)
+            for parameter in parameters:  # optimizer.zero_grad(set_to_none=True) without its bookkeeping
+                parameter.grad = None
             output.loss.backward()
             optimizer.step()
             _accumulate(sums, output)
