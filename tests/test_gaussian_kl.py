@@ -2,6 +2,7 @@
 and against torch.distributions, earned tolerances in float32/float16/bfloat16, gradcheck, opcheck,
 torch.compile, hypothesis properties (extreme logvar, NaN/inf), determinism across thread counts, the
 VAEFAST_BACKEND=reference path and argument validation. Inputs are fresh random draws on every run."""
+import decimal
 import math
 
 import pytest
@@ -62,6 +63,43 @@ def test_matches_torch_distributions():
         expected = forward_backward(via_distributions, [mu, logvar], identity, cotangent, reduction=reduction)
         for got, want in zip(actual, expected):
             assert_close64(got, want)
+
+
+def exp_parts_exact(values):
+    """(e^v - 1 - v, e^v - 1) of each value (a float64 tensor), with 50-digit decimal arithmetic: exact to
+    float64 and beyond, with none of the cancellation a float formula has near v = 0."""
+    with decimal.localcontext() as context:
+        context.prec = 50
+        pairs = []
+        for v in values.tolist():
+            expm1 = decimal.Decimal(v).exp() - 1
+            pairs.append((float(expm1 - decimal.Decimal(v)), float(expm1)))
+    return torch.tensor(pairs, dtype=torch.float64).unbind(1)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_accurate_relative_to_the_kl_where_logvar_is_near_zero(dtype):
+    """Near logvar = 0 the KL term is ~logvar^2 / 4 while exp(logvar) - 1 and logvar are each ~logvar: the
+    textbook expm1(logvar) - logvar keeps only what survives the cancellation (relative error ~eps/|logvar|).
+    The op's per-sample KL (one feature: one term each) is accurate relative to itself at every logvar, and
+    its logvar gradient, 0.5 expm1(logvar), too; the textbook form fails the same bound (the test can fail)."""
+    eps = torch.finfo(dtype).eps
+    count = 4096
+    magnitude = 10.0 ** (torch.rand(count, 1, dtype=torch.float64) * 8 - 7)  # log-uniform on [1e-7, 10]
+    logvar = (magnitude * torch.where(torch.rand(count, 1) < 0.5, -1.0, 1.0).double()).to(dtype)
+    mu = torch.zeros_like(logvar)
+    logvar.requires_grad_(True)
+    kl = vaefast.gaussian_kl(mu, logvar, reduction="none")
+    (grad_logvar,) = torch.autograd.grad(kl.sum(), logvar)
+    minus_identity, expm1 = exp_parts_exact(logvar.detach().double().squeeze(1))
+    exact, exact_grad = 0.5 * minus_identity, 0.5 * expm1
+    # Per term: within 6.5 eps of itself (the derivation in csrc/tests/test_elementwise_math.cpp); 2x that.
+    relative = ((kl.double() - exact).abs() / exact).max().item()
+    assert relative <= 13 * eps, f"{dtype}: worst relative error {relative / eps:.1f} eps"
+    relative_grad = ((grad_logvar.double().squeeze(1) - exact_grad).abs() / exact_grad.abs()).max().item()
+    assert relative_grad <= 2 * 2.6 * eps, f"{dtype}: gradient's worst relative error {relative_grad / eps:.1f} eps"
+    textbook = 0.5 * (torch.expm1(logvar.detach()) - logvar.detach()).squeeze(1)
+    assert ((textbook.double() - exact).abs() / exact).max().item() > 13 * eps
 
 
 @pytest.mark.parametrize("reduction", ("none", "mean"))

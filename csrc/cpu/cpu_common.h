@@ -23,8 +23,19 @@ using Vec = at::vec::Vectorized<T>;
 
 inline Vec<float> math_exp(const Vec<float>& v) { return v.exp(); }
 inline Vec<double> math_exp(const Vec<double>& v) { return v.exp(); }
-inline Vec<float> math_expm1(const Vec<float>& v) { return v.expm1(); }
-inline Vec<double> math_expm1(const Vec<double>& v) { return v.expm1(); }
+template <typename S>
+inline Vec<S> math_abs(const Vec<S>& v) {
+  return v.abs();
+}
+template <typename S>
+inline Vec<S> math_fma(const Vec<S>& a, const Vec<S>& b, const Vec<S>& c) {
+  return at::vec::fmadd(a, b, c);
+}
+// Lane-wise condition ? if_true : if_false, condition a comparison's all-ones/all-zeros lanes.
+template <typename S>
+inline Vec<S> math_select(const Vec<S>& condition, const Vec<S>& if_true, const Vec<S>& if_false) {
+  return Vec<S>::blendv(if_false, if_true, condition);
+}
 inline Vec<float> math_log(const Vec<float>& v) { return v.log(); }
 inline Vec<double> math_log(const Vec<double>& v) { return v.log(); }
 inline Vec<float> math_sqrt(const Vec<float>& v) { return v.sqrt(); }
@@ -59,6 +70,11 @@ inline void math_sincos(const Vec<double>& v, Vec<double>* sine, Vec<double>* co
 #include "../common/philox.h"
 
 namespace vaefast {
+
+template <typename S>
+struct ScalarType<Vec<S>> {
+  using type = S;
+};
 namespace cpu {
 
 // Loads Vec<acc>::size() elements starting at p, widened to the accumulation type.

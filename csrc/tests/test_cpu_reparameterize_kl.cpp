@@ -161,9 +161,10 @@ HeadGrads<T> head_backward(const HeadCase<T>& c, const std::vector<T>& z, const 
 }
 
 // grad_mu = sum_s g_s + g_kl mu and grad_logvar = sum_s 0.5 g_s (z_s - mu) + g_kl 0.5 expm1(lv) against long
-// double on the same stored values. Each term is within 2 eps of its magnitude (z - mu and the products
-// round once each, Sleef's expm1 is 1-ulp) and the S + 1 terms are added in order (S eps / 2 of the sum of
-// magnitudes); the check allows twice that, plus the rounding to the storage type.
+// double on the same stored values. Each term is within 2.6 eps of its magnitude (z - mu and the products
+// round once each; e^lv - 1 is within 2.1 eps, test_elementwise_math.cpp) and the S + 1 terms are added in
+// order (S eps / 2 of the sum of magnitudes); the check allows twice that, plus the rounding to the storage
+// type.
 template <typename T>
 void check_backward(const HeadCase<T>& c, RandomData& data) {
   using acc = acc_t<T>;
@@ -175,7 +176,7 @@ void check_backward(const HeadCase<T>& c, RandomData& data) {
   const std::vector<T> grad_z = data.uniform<T>(numel * c.num_samples, -2, 2);
   const std::vector<T> grad_kl = data.uniform<T>(c.shape.batch, -2, 2);
   const HeadGrads<T> grads = head_backward(c, z, grad_z, grad_kl);
-  const ld k = 2 * (2 + 0.5L * static_cast<ld>(c.num_samples));
+  const ld k = 2 * (2.6L + 0.5L * static_cast<ld>(c.num_samples));
   for (int64_t i = 0; i < numel; ++i) {
     const ld g = static_cast<acc>(grad_kl[i / c.shape.features]);
     const ld mu = static_cast<acc>(c.mu[i]);

@@ -9,7 +9,8 @@
 // values of the terms the formula adds (|exact| * the condition number of that sum: where terms cancel,
 // the magnitude stays large and the bound honestly widens). The tolerance is twice each derived k, so the
 // check catches a regression of a couple of ulps but not second-order terms. Inputs stay in ranges where
-// no intermediate overflows or goes subnormal, so relative bounds apply.
+// no intermediate overflows; results too small for T's normal range are held to an absolute bound instead
+// (ErrorBound::add).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -17,11 +18,16 @@
 #include <random>
 #include <string>
 
+#include "exact_math.h"
+
 // long double overloads, declared before the header so that its templates also instantiate on long double:
-// the finite-difference tests differentiate the header's own value formulas, not a transcription.
+// the finite-difference tests differentiate the header's own value formulas, not a transcription. The
+// KL's two exponential parts are exact long double references here (the header's series is sized for
+// float and double), so the long double formulas carry no cancellation into the differences.
 namespace vaefast {
 inline long double math_exp(long double v) { return std::exp(v); }
-inline long double math_expm1(long double v) { return std::expm1(v); }
+inline long double expm1_minus_identity(long double v) { return testing::exact_expm1_minus_identity(v); }
+inline long double expm1_by_series(long double v) { return std::expm1(v); }
 }  // namespace vaefast
 
 #include "common/elementwise_math.h"
@@ -48,9 +54,16 @@ Exact ref_reparameterize_grad_logvar(ld grad_z, ld z, ld mu) {
   const ld v = grad_z * (z - mu) / 2;
   return {v, std::fabs(v)};
 }
+// e^v - 1 - v >= 0 and e^v - 1: each its own magnitude (the checks below are relative to the value).
+Exact ref_expm1_minus_identity(ld v) {
+  const ld value = vaefast::testing::exact_expm1_minus_identity(v);
+  return {value, value};
+}
+Exact ref_expm1(ld v) { return {std::expm1(v), std::fabs(std::expm1(v))}; }
+// Both parts are >= 0, so the magnitude is the value: the check is relative to the KL term itself.
 Exact ref_gaussian_kl_term(ld mu, ld logvar) {
-  const ld em1 = std::expm1(logvar);
-  return {(mu * mu + em1 - logvar) / 2, (mu * mu + std::fabs(em1) + std::fabs(logvar)) / 2};
+  const ld value = (mu * mu + vaefast::testing::exact_expm1_minus_identity(logvar)) / 2;
+  return {value, value};
 }
 Exact ref_gaussian_kl_grad_logvar(ld logvar) {
   const ld v = std::expm1(logvar) / 2;
@@ -108,7 +121,11 @@ class Inputs {
     if (pick(0.5)) return static_cast<T>(std::uniform_real_distribution<double>(-range, range)(rng_));
     return signed_log_uniform(-30, std::log10(static_cast<double>(range)));
   }
-  T logvar() { return wide(Ranges<T>::logvar); }
+  // logvar also often within 1/2 of +-1, where the KL's exp parts switch from their series to exp.
+  T logvar() {
+    if (pick(0.1)) return static_cast<T>((pick(0.5) ? 1 : -1) * (1 + signed_log_uniform(-8, std::log10(0.5))));
+    return wide(Ranges<T>::logvar);
+  }
   T log_gamma() { return wide(Ranges<T>::log_gamma); }
   // log_gamma often near log|residual|, where (x - x_hat)^2 / gamma^2 ~ 1 and 1 - that cancels.
   T log_gamma_near(T residual) {
@@ -137,7 +154,9 @@ class ErrorBound {
   template <typename Describe>
   void add(T computed, const Exact& exact, const Describe& describe_inputs) {
     const ld error = std::fabs(static_cast<ld>(computed) - exact.value);
-    const ld scale = std::numeric_limits<T>::epsilon() * exact.magnitude;
+    // Plus the smallest normal T: a result below it (e^v - 1 - v ~ v^2/2 for |v| < 1e-19 in float) keeps
+    // no relative precision, only gradual underflow's absolute one.
+    const ld scale = std::numeric_limits<T>::epsilon() * exact.magnitude + std::numeric_limits<T>::min();
     // A zero magnitude (every term exactly 0) must give exactly 0; NaN counts as infinitely wrong.
     const ld in_eps = error == 0 ? 0 : (scale > 0 && !std::isnan(error) ? error / scale : INFINITY);
     if (in_eps > worst_ || !std::isfinite(static_cast<ld>(computed))) {
@@ -179,13 +198,22 @@ void check_formulas(const char* type) {
   ErrorBound<T> reparameterize_value("reparameterize_value", 2);
   // 0.5 g (z - mu): the difference and the product each eps/2 relative; 0.5 is exact: k = 1.
   ErrorBound<T> reparameterize_grad_logvar("reparameterize_grad_logvar", 1);
-  // 0.5 (mu^2 + (expm1(lv) - lv)): mu^2 eps/2; expm1 eps; the difference eps/2 on |expm1| + |lv|; the sum
-  // eps/2 on the whole magnitude: at most eps mu^2 + 2 eps |expm1| + eps |lv|: k = 2. Near mu = lv = 0 the
-  // magnitude ~ |lv| while the value ~ lv^2/4, so the relative error there is up to ~8 eps / |lv|: the
-  // formula subtracts two rounded numbers of size lv (see the report; the gradient is unaffected).
-  ErrorBound<T> gaussian_kl_term("gaussian_kl_term", 2);
-  // 0.5 expm1(lv): k = 1.
-  ErrorBound<T> gaussian_kl_grad_logvar("gaussian_kl_grad_logvar", 1);
+  // f(v) = e^v - 1 - v, relative to f. |v| < 1: v^2 P(v), P by Horner with fused multiply-adds. Each step
+  // rounds eps/2 of its partial sum and later steps scale that error by |v|^j; the partial sums beyond the
+  // last are <= 0.27 on the interval while P >= 0.37, so P is within eps/2 (1 + 0.27/0.37) = 0.87 eps, the
+  // truncation adds < 0.1 eps, v^2 and the product eps/2 each: ~2 eps. |v| >= 1: (e^v - 1) - v: exp's
+  // error eps e^v, the first difference eps/2 |e^v - 1|, the second eps/2 f; relative to f that is at most
+  // (e^v + |e^v - 1|/2)/f + 1/2, largest at v = 1: (2.718 + 0.859) / 0.718 + 0.5 = 5.5: k = 5.5.
+  ErrorBound<T> expm1_minus_identity("expm1_minus_identity", 5.5);
+  // e^v - 1, relative. |v| < 1: v + v^2 P(v) in one fused multiply-add: v^2 P within ~2 eps of itself
+  // and |v^2 P| <= 0.58 |e^v - 1| on the interval, plus the final rounding eps/2: ~1.7 eps. |v| >= 1:
+  // exp's eps e^v and the difference's eps/2, relative to |e^v - 1|: largest at v = 1, 1.58 + 0.5: k = 2.1.
+  ErrorBound<T> expm1_by_series("expm1_by_series", 2.1);
+  // 0.5 (mu^2 + f(lv)), relative to the term (both parts >= 0): f 5.5 eps, mu^2 and the sum eps/2 each:
+  // k = 6.5. (expm1(lv) - lv, the textbook form, cancels near lv = 0: a relative error ~eps/|lv|.)
+  ErrorBound<T> gaussian_kl_term("gaussian_kl_term", 6.5);
+  // 0.5 expm1_by_series(lv): k = 2.1.
+  ErrorBound<T> gaussian_kl_grad_logvar("gaussian_kl_grad_logvar", 2.1);
   // exp(-2 lg): -2 lg exact, exp <= eps: k = 1.
   ErrorBound<T> inverse_variance("inverse_variance", 1);
   // 0.5 r r iv: r eps/2 (doubled by squaring), the square and the product eps/2 each: k = 2.
@@ -213,6 +241,9 @@ void check_formulas(const char* type) {
     reparameterize_value.add(z, ref_reparameterize_value(mu, logvar, eps), [&] { return args({mu, logvar, eps}); });
     reparameterize_grad_logvar.add(vaefast::reparameterize_grad_logvar(grad, z, mu),
                                    ref_reparameterize_grad_logvar(grad, z, mu), [&] { return args({grad, z, mu}); });
+    expm1_minus_identity.add(vaefast::expm1_minus_identity(logvar), ref_expm1_minus_identity(logvar),
+                             [&] { return args({logvar}); });
+    expm1_by_series.add(vaefast::expm1_by_series(logvar), ref_expm1(logvar), [&] { return args({logvar}); });
     gaussian_kl_term.add(vaefast::gaussian_kl_term(mu, logvar), ref_gaussian_kl_term(mu, logvar),
                          [&] { return args({mu, logvar}); });
     gaussian_kl_grad_logvar.add(vaefast::gaussian_kl_grad_logvar(logvar), ref_gaussian_kl_grad_logvar(logvar),
@@ -231,6 +262,8 @@ void check_formulas(const char* type) {
   }
   reparameterize_value.check(type);
   reparameterize_grad_logvar.check(type);
+  expm1_minus_identity.check(type);
+  expm1_by_series.check(type);
   gaussian_kl_term.check(type);
   gaussian_kl_grad_logvar.check(type);
   inverse_variance.check(type);
