@@ -266,6 +266,21 @@ def gpu_info(device):
     }
 
 
+def load_warning(load_start, threads):
+    """A run note when the 1-minute load average, at the start or now, shows other jobs on the machine, else
+    None. The run's own `threads` busy threads count in the load (2 threads on 2 cores read ~2.0 alone), so
+    what is left over is the others'; half a core of it on average over a minute is enough to warn: with
+    more runnable threads than cores, a parallel region waits for a descheduled thread (a 16-20 ms stall
+    per region was seen with 2 threads under a load of 7), and such timings are noise."""
+    busiest = max(load_start, os.getloadavg()[0])
+    others = busiest - threads
+    if others <= 0.5:
+        return None
+    return (f"WARNING: 1-minute load average reached {busiest:.1f} with this run's {threads} threads on "
+            f"{len(os.sched_getaffinity(0))} cores: about {others:.1f} cores of other jobs shared the machine, "
+            "so these timings are not representative")
+
+
 def machine_info(threads, device=torch.device("cpu")):
     """The facts a reader needs to judge the numbers: hardware, software, build, threads, load."""
     info = vaefast.backend_info()

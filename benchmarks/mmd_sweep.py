@@ -165,10 +165,9 @@ def main(argv=None):
                 log(f"  {name}: {timing.median_ms:.1f} ms, {row['gflop_per_s']:.1f} GFLOP/s, {peak:.1f} MiB")
     machine["load average at end (1, 5, 15 min)"] = ", ".join(f"{load:.2f}" for load in os.getloadavg())
     notes.append(f"total wall time {time.perf_counter() - started:.0f} s")
-    busiest = max(load_start, os.getloadavg()[0])
-    if busiest > len(os.sched_getaffinity(0)):
-        notes.append(f"WARNING: 1-minute load average reached {busiest:.1f} on {len(os.sched_getaffinity(0))} "
-                     "cores: other jobs shared the machine, so these timings are not representative")
+    warning = harness.load_warning(load_start, torch.get_num_threads())
+    if warning:
+        notes.append(warning)
     os.makedirs(args.out, exist_ok=True)
     hardware = machine["gpu"] if device.type == "cuda" else machine["cpu"]
     text = markdown(f"vaefast {prefix.upper()} MMD sweep (7-scale IMQ, unbiased, d = {DIM}; {hardware})",

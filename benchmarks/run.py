@@ -230,12 +230,9 @@ def main(argv=None):
     machine["'of copy BW' uses"] = f"the start figure, {copy_start:.1f} GB/s"
     machine["load average at end (1, 5, 15 min)"] = ", ".join(f"{load:.2f}" for load in os.getloadavg())
     notes.append(f"total wall time {time.perf_counter() - started:.0f} s")
-    busiest = max(load_start, os.getloadavg()[0])
-    if busiest > len(os.sched_getaffinity(0)):
-        # With more runnable jobs than cores, a parallel region waits for a descheduled thread (a
-        # 16-20 ms stall per region was seen with 2 threads under a load of 7): such numbers are noise.
-        notes.append(f"WARNING: 1-minute load average reached {busiest:.1f} on {len(os.sched_getaffinity(0))} "
-                     "cores: other jobs shared the machine, so these timings are not representative")
+    warning = harness.load_warning(load_start, torch.get_num_threads())
+    if warning:
+        notes.append(warning)
 
     hardware = machine["gpu"] if device.type == "cuda" else machine["cpu"]
     text = report.markdown(f"vaefast {prefix.upper()} op benchmarks ({hardware})", machine, rows, notes)

@@ -345,10 +345,9 @@ def main(argv=None):
         targets.append(("training throughput vs pythae", "not measured (MNIST absent)"))
     machine["load average at end (1, 5, 15 min)"] = ", ".join(f"{load:.2f}" for load in os.getloadavg())
     notes.append(f"total wall time {time.perf_counter() - started:.0f} s")
-    busiest = max(load_start, os.getloadavg()[0])
-    if busiest > len(os.sched_getaffinity(0)):
-        notes.append(f"WARNING: 1-minute load average reached {busiest:.1f} on {len(os.sched_getaffinity(0))} "
-                     "cores: other jobs shared the machine, so these timings are not representative")
+    warning = harness.load_warning(load_start, torch.get_num_threads())
+    if warning:
+        notes.append(warning)
     text = markdown(machine, list(sections.items()), notes, targets)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "cpu_training.md"), "w") as handle:
