@@ -44,36 +44,37 @@ VAEFAST_HOST_DEVICE T math_select(bool condition, T if_true, T if_false) {
   return condition ? if_true : if_false;
 }
 
-// (e^v - 1 - v) / v^2 = sum_k v^k / (k + 2)! on |v| < 1, by Horner's rule with one fused multiply-add per
-// term: 1/2! to 1/11! for float, 1/2! to 1/18! for double. The first term left out is below a tenth of an
-// ulp of the sum's smallest value on the interval (e^-1 = 0.37 at v = -1): 1/12! = 2.1e-9 against float's
-// 0.1 * 0.37 * 1.2e-7 = 4.4e-9; 1/19! = 8.2e-18 against double's 0.1 * 0.37 * 2.2e-16 = 8.2e-18.
-// Coefficients 1/k! to 22 digits (each rounds once to T).
+// Horner's rule from an accumulated top: acc -> acc * v + c for each coefficient c in turn (highest degree
+// first), one fused multiply-add each.
+template <typename T>
+VAEFAST_HOST_DEVICE T horner_from(T acc, T /*v*/) {
+  return acc;
+}
+template <typename T, typename S, typename... Rest>
+VAEFAST_HOST_DEVICE T horner_from(T acc, T v, S c, Rest... rest) {
+  return horner_from(math_fma(acc, v, T(c)), v, rest...);
+}
+
+// (e^v - 1 - v) / v^2 = sum_k v^k / (k + 2)! on |v| < 1: 1/2! to 1/11! for float, 1/2! to 1/18! for double.
+// The first term left out is below a tenth of an ulp of the sum's smallest value on the interval (e^-1 =
+// 0.37 at v = -1): 1/12! = 2.1e-9 against float's 0.1 * 0.37 * 1.2e-7 = 4.4e-9; 1/19! = 8.2e-18 against
+// double's 0.1 * 0.37 * 2.2e-16 = 8.2e-18. Coefficients 1/k! to 22 digits (each rounds once to T).
 template <typename T>
 VAEFAST_HOST_DEVICE T expm1_series(T v) {
   using S = scalar_of<T>;
-  T p;
+  T top = T(S(2.505210838544171877505e-8));  // 1/11!, float's last term
   if constexpr (std::is_same_v<S, double>) {
-    p = T(S(1.561920696858622646222e-16));                 // 1/18!
-    p = math_fma(p, v, T(S(2.811457254345520763199e-15)));  // 1/17!
-    p = math_fma(p, v, T(S(4.779477332387385297438e-14)));  // 1/16!
-    p = math_fma(p, v, T(S(7.647163731819816475901e-13)));  // 1/15!
-    p = math_fma(p, v, T(S(1.147074559772972471385e-11)));  // 1/14!
-    p = math_fma(p, v, T(S(1.605904383682161459939e-10)));  // 1/13!
-    p = math_fma(p, v, T(S(2.087675698786809897921e-9)));   // 1/12!
-    p = math_fma(p, v, T(S(2.505210838544171877505e-8)));   // 1/11!
-  } else {
-    p = T(S(2.505210838544171877505e-8));  // 1/11!
+    top = horner_from(T(S(1.561920696858622646222e-16)), v,                                          // 1/18!
+                      S(2.811457254345520763199e-15), S(4.779477332387385297438e-14),               // 1/17!, 1/16!
+                      S(7.647163731819816475901e-13), S(1.147074559772972471385e-11),               // 1/15!, 1/14!
+                      S(1.605904383682161459939e-10), S(2.087675698786809897921e-9),                // 1/13!, 1/12!
+                      S(2.505210838544171877505e-8));                                               // 1/11!
   }
-  p = math_fma(p, v, T(S(2.755731922398589065256e-7)));  // 1/10!
-  p = math_fma(p, v, T(S(2.755731922398589065256e-6)));  // 1/9!
-  p = math_fma(p, v, T(S(2.480158730158730158730e-5)));  // 1/8!
-  p = math_fma(p, v, T(S(1.984126984126984126984e-4)));  // 1/7!
-  p = math_fma(p, v, T(S(1.388888888888888888889e-3)));  // 1/6!
-  p = math_fma(p, v, T(S(8.333333333333333333333e-3)));  // 1/5!
-  p = math_fma(p, v, T(S(4.166666666666666666667e-2)));  // 1/4!
-  p = math_fma(p, v, T(S(1.666666666666666666667e-1)));  // 1/3!
-  return math_fma(p, v, T(S(0.5)));                      // 1/2!
+  return horner_from(top, v, S(2.755731922398589065256e-7), S(2.755731922398589065256e-6),  // 1/10!, 1/9!
+                     S(2.480158730158730158730e-5), S(1.984126984126984126984e-4),          // 1/8!, 1/7!
+                     S(1.388888888888888888889e-3), S(8.333333333333333333333e-3),          // 1/6!, 1/5!
+                     S(4.166666666666666666667e-2), S(1.666666666666666666667e-1),          // 1/4!, 1/3!
+                     S(0.5));                                                               // 1/2!
 }
 
 // e^v - 1 - v, the KL's logvar part. expm1(v) - v would cancel near 0 (both ~v, the result ~v^2/2: a
