@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+import vaefast
 from tests.conftest import assert_close64, assert_earned
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -64,6 +65,39 @@ def forward_backward(fn, bases, views, cotangent, **kwargs):
     return [out.detach(), *grads]
 
 
+def at_thread_counts(run, counts=(1, 2)):
+    """[run() with torch.set_num_threads(c) for c in counts]; the caller's thread count is restored."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in counts:
+            torch.set_num_threads(count)
+            results.append(run())
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
+BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+        torch.float64: torch.int64}
+
+
+def same_bits(actual, expected):
+    """Bitwise equality (NaN payloads and signed zeros included) of two tensors of one dtype and shape."""
+    if actual.dtype != expected.dtype or actual.shape != expected.shape:
+        return False
+    bits = BITS[actual.dtype]
+    return torch.equal(actual.contiguous().view(bits), expected.contiguous().view(bits))
+
+
+def assert_same_bits_at_1_and_2_threads(run):
+    """run() -> a sequence of tensors; the same bits with 1 thread as with 2 (the kernels split their
+    reductions at fixed chunks, so the thread count must not change a result)."""
+    one, two = at_thread_counts(run)
+    for index, (a, b) in enumerate(zip(one, two, strict=True)):
+        assert same_bits(a, b), f"output {index} differs between 1 and 2 threads"
+
+
 def cotangent_for(batch, reduction, generator=None):
     """A random upstream gradient ([B] for "none", 0-dim otherwise), so per-sample scaling is tested."""
     shape = (batch,) if reduction == "none" else ()
@@ -112,3 +146,34 @@ def run_with_reference_backend(script, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+REFERENCE_BACKEND_SCRIPT = """
+import torch, vaefast
+op = getattr(vaefast, OP_NAME)
+info = vaefast.backend_info()
+outputs = {"compiled": info["compiled"], "backend": info["backend"], "cases": []}
+for case in torch.load("inputs.pt"):
+    args = [t.requires_grad_() for t in case["args"]]
+    value = op(*args, reduction=case["reduction"])
+    grads = torch.autograd.grad(value, args, case["cotangent"])
+    outputs["cases"].append([value.detach(), *grads])
+torch.save(outputs, "outputs.pt")
+"""
+
+
+def assert_reference_backend_matches(op_name, cases, tmp_path):
+    """vaefast.<op_name> in a fresh interpreter under VAEFAST_BACKEND=reference (pure PyTorch) against this
+    process's compiled op: value and gradients, float64, for each case {"args": [tensors], "reduction",
+    "cotangent"}."""
+    torch.save(cases, tmp_path / "inputs.pt")
+    run_with_reference_backend(REFERENCE_BACKEND_SCRIPT.replace("OP_NAME", repr(op_name)), tmp_path)
+    outputs = torch.load(tmp_path / "outputs.pt")
+    assert outputs["compiled"] is False and outputs["backend"] == "reference"
+    assert vaefast.backend_info()["compiled"], "this process should run the compiled kernels"
+    op = getattr(vaefast, op_name)
+    for case, theirs in zip(cases, outputs["cases"], strict=True):
+        ours = forward_backward(op, case["args"], [lambda t: t] * len(case["args"]), case["cotangent"],
+                                reduction=case["reduction"])
+        for got, want in zip(ours, theirs, strict=True):
+            assert_close64(got, want)

@@ -14,7 +14,7 @@ import vaefast
 from tests.conftest import assert_close64
 from tests.op_testing import (
     LAYOUT_REDUCTIONS, LAYOUTS, Case, REDUCTIONS, assert_all_match, compare_to_reference, cotangent_for, forward_backward, make_input,
-    run_with_reference_backend,
+    assert_reference_backend_matches, assert_same_bits_at_1_and_2_threads,
 )
 from vaefast.ops import reference
 
@@ -218,47 +218,16 @@ def test_property_matches_reference(case):
 def test_bit_identical_across_thread_counts(shape):
     bases, views = make_pair(shape, "contiguous", torch.float32)
     cotangent = cotangent_for(shape[0], "none")
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = forward_backward(vaefast.gaussian_kl, bases, views, cotangent, reduction="none")
-        torch.set_num_threads(2)
-        two = forward_backward(vaefast.gaussian_kl, bases, views, cotangent, reduction="none")
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(one, two):
-        assert torch.equal(a, b)
-
-
-REFERENCE_BACKEND_SCRIPT = """
-import torch, vaefast
-info = vaefast.backend_info()
-outputs = {"compiled": info["compiled"], "backend": info["backend"], "cases": []}
-for case in torch.load("inputs.pt"):
-    mu, logvar = case["mu"].requires_grad_(), case["logvar"].requires_grad_()
-    value = vaefast.gaussian_kl(mu, logvar, reduction=case["reduction"])
-    grads = torch.autograd.grad(value, (mu, logvar), case["cotangent"])
-    outputs["cases"].append([value.detach(), *grads])
-torch.save(outputs, "outputs.pt")
-"""
+    assert_same_bits_at_1_and_2_threads(
+        lambda: forward_backward(vaefast.gaussian_kl, bases, views, cotangent, reduction="none"))
 
 
 def test_reference_backend_subprocess(tmp_path):
     cases = []
     for shape, reduction in [((4, 3, 5), "none"), ((3, 9), "mean"), ((0, 7), "sum")]:
-        mu, logvar = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
-        cases.append({"mu": mu, "logvar": logvar, "reduction": reduction,
-                      "cotangent": cotangent_for(shape[0], reduction)})
-    torch.save(cases, tmp_path / "inputs.pt")
-    run_with_reference_backend(REFERENCE_BACKEND_SCRIPT, tmp_path)
-    outputs = torch.load(tmp_path / "outputs.pt")
-    assert outputs["compiled"] is False and outputs["backend"] == "reference"
-    assert vaefast.backend_info()["compiled"], "this process should run the compiled kernels"
-    for case, theirs in zip(cases, outputs["cases"], strict=True):
-        ours = forward_backward(vaefast.gaussian_kl, [case["mu"], case["logvar"]], [lambda t: t] * 2,
-                                case["cotangent"], reduction=case["reduction"])
-        for got, want in zip(ours, theirs):
-            assert_close64(got, want)
+        cases.append({"args": [torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)],
+                      "reduction": reduction, "cotangent": cotangent_for(shape[0], reduction)})
+    assert_reference_backend_matches("gaussian_kl", cases, tmp_path)
 
 
 def test_mixed_dtypes_promote_like_torch():

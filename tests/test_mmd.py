@@ -16,6 +16,7 @@ from vaefast import _backend
 from vaefast.ops import reference
 
 from .conftest import assert_close64, assert_earned, max_error
+from .op_testing import assert_same_bits_at_1_and_2_threads
 
 KERNELS = ("imq", "rbf", "poly")
 COMPILED = _backend.compiled("kernel_sum_self", torch.device("cpu"))
@@ -354,16 +355,7 @@ def test_mmd_property_against_reference(n, m, d, kernel, unbiased, dtype, spread
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_bit_identical_whatever_the_thread_count(kernel):
     x, y = samples(300, 211, 9, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for num_threads in (1, 2):
-            torch.set_num_threads(num_threads)
-            results.append(value_and_grads(vaefast.mmd, x, y, kernel=kernel))
-    finally:
-        torch.set_num_threads(threads)
-    for single, parallel in zip(*results):
-        assert torch.equal(single, parallel)
+    assert_same_bits_at_1_and_2_threads(lambda: value_and_grads(vaefast.mmd, x, y, kernel=kernel))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ from hypothesis import given, strategies as st
 
 import vaefast
 from tests.conftest import assert_close64, assert_earned
-from tests.op_testing import LAYOUTS, REDUCTIONS, make_input, run_with_reference_backend
+from tests.op_testing import (
+    LAYOUTS, REDUCTIONS, assert_same_bits_at_1_and_2_threads, make_input, run_with_reference_backend, same_bits,
+)
 from vaefast.ops import reference
 
 COMPILED = vaefast.backend_info()["compiled"] and "cpu" in vaefast.backend_info()["ops"].get("reparameterize_kl", [])
@@ -24,18 +26,6 @@ DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # tile (both of reparameterize's scalar tails); [5, 3, 4, 4]: per sample over three dimensions; [6]: 1-D;
 # [0, 7], [7, 0]: empty.
 SHAPES = [(1, 1), (3, 5), (256, 64), (2, 20000), (3, 37), (7, 100), (5, 3, 4, 4), (6,), (0, 7), (7, 0)]
-BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
-        torch.bfloat16: torch.int16}
-
-
-def same_bits(actual, expected):
-    """Bitwise equality (NaN included) of two tensors of one dtype and shape."""
-    if actual.dtype != expected.dtype or actual.shape != expected.shape:
-        return False
-    bits = BITS[actual.dtype]
-    return torch.equal(actual.contiguous().view(bits), expected.contiguous().view(bits))
-
-
 def seeded(seed):
     """A fresh CPU generator: every call given seeded(s) draws the same noise."""
     return torch.Generator().manual_seed(seed)
@@ -308,17 +298,8 @@ def test_bit_identical_across_thread_counts(shape):
     mu, logvar = torch.randn(shape), torch.randn(shape)
     seed = new_seed()
     cotangents = (torch.randn(2, *shape), torch.randn(shape[0]))
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            runs.append(head_forward_backward(vaefast.reparameterize_kl, [mu, logvar], lambda t: t, seed, cotangents,
-                                              num_samples=2, reduction="none"))
-    finally:
-        torch.set_num_threads(threads)
-    for one, two in zip(*runs, strict=True):
-        assert same_bits(one, two)
+    assert_same_bits_at_1_and_2_threads(lambda: head_forward_backward(
+        vaefast.reparameterize_kl, [mu, logvar], lambda t: t, seed, cotangents, num_samples=2, reduction="none"))
 
 
 REFERENCE_BACKEND_SCRIPT = """
