@@ -1,4 +1,5 @@
-"""python -m benchmarks.training [--data-dir DIR] [--limit 10000] [--out DIR] [--threads N] [--compile]
+"""python -m benchmarks.training [--device cpu|cuda] [--data-dir DIR] [--limit 10000] [--out DIR] [--threads N]
+                                [--models ...] [--compile]
 
 End-to-end training throughput (images per second) on MNIST (the first 10k training images, batch 64):
 vaefast's VAE, WAE-MMD and the Two-Stage VAE's two stages against pythae 0.1.2's VAE and WAE_MMD built
@@ -24,7 +25,8 @@ Two comparisons (benchmarks/README.md has the details):
   fused Adam(lr 1e-4).step() -- so that only the model and loss code differ.
 Both are timed by the harness in round-robin (benchmarks/harness.py: warm-up, repeats, medians, the
 providers taking turns).
-Writes DIR/cpu_training.md and DIR/cpu_training.csv.
+Writes DIR/cpu_training.md and DIR/cpu_training.csv (gpu_training.* with --device cuda: models and data on
+the current GPU, vaefast.train with device="cuda", pythae's trainer with CUDA allowed, CUDA-event timing).
 """
 import argparse
 import contextlib
@@ -46,6 +48,7 @@ from vaefast.models import (MLPDecoder, MLPEncoder, Stage2Decoder, Stage2Encoder
 from vaefast.train import TrainConfig, train
 
 from . import harness, peers
+from .run import FILE_PREFIX, check_device
 
 IMAGE_SHAPE = (1, 28, 28)
 LATENT = 64
@@ -146,7 +149,7 @@ def training_step(model, loss_of, data, seed):
     Both libraries get torch's fused Adam here (vaefast's loop uses it), so that the optimizer, the same on
     both sides, is as small a part of the step as it can be and the model and loss code stand out."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR, fused=True)
-    order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed)).to(data.device)
     batches = data.shape[0] // BATCH
     position = [0]
     model.train()
@@ -161,12 +164,12 @@ def training_step(model, loss_of, data, seed):
     return step
 
 
-def vaefast_loop(name, models, two_stage, x, stage2_data, epochs, out_dir, compile=False):
+def vaefast_loop(name, models, two_stage, x, stage2_data, epochs, out_dir, device, compile=False):
     """A no-argument callable: `epochs` epochs of vaefast.train.train with its defaults (fused Adam,
     finite-loss guard, progress bar, metrics file and a checkpoint at the end), as a user runs it; with
     compile=True, as `vaefast train --compile` runs it (the first, untimed call compiles)."""
     config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, lr_halve_every=None, out_dir=out_dir,
-                         compile=compile)
+                         compile=compile, device=str(device))
     if name == "Two-Stage stage 1":
         return lambda: train(two_stage, x, config, stage="stage1")
     if name == "Two-Stage stage 2":
@@ -175,11 +178,11 @@ def vaefast_loop(name, models, two_stage, x, stage2_data, epochs, out_dir, compi
     return lambda: train(models[name][0], x, config)
 
 
-def pythae_loop(model, data, epochs, out_dir):
+def pythae_loop(model, data, epochs, out_dir, device):
     """A no-argument callable: `epochs` epochs of pythae's TrainingPipeline (BaseTrainer) with its defaults
     (DataLoader, Adam, per-epoch bookkeeping, progress bar, the final model saved), as a user runs it."""
     config = BaseTrainerConfig(output_dir=out_dir, num_epochs=epochs, learning_rate=LR,
-                               per_device_train_batch_size=BATCH, no_cuda=True)
+                               per_device_train_batch_size=BATCH, no_cuda=device.type != "cuda")
     return lambda: TrainingPipeline(training_config=config, model=model)(train_data=data)
 
 
@@ -195,8 +198,9 @@ def quiet():
         logging.disable(logging.NOTSET)
 
 
-def markdown(machine, sections, notes, targets):
-    out = ["# vaefast CPU training throughput (MNIST, first 10k images, batch 64)", "", "## Machine", ""]
+def markdown(machine, sections, notes, targets, prefix):
+    out = [f"# vaefast {prefix.upper()} training throughput (MNIST, first 10k images, batch 64)", "", "## Machine",
+           ""]
     out += [f"- {key}: {value}" for key, value in machine.items()]
     out += ["", "## Run notes", ""] + [f"- {note}" for note in notes]
     out += ["", "## Targets", ""] + [f"- {goal}: **{status}**" for goal, status in targets]
@@ -245,6 +249,8 @@ def rows_of(section, name, timings, steps_per_call):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--device", choices=FILE_PREFIX, default="cpu",
+                        help="where the models, data and both loops run (default cpu)")
     parser.add_argument("--data-dir", default=os.environ.get("VAEFAST_DATA_DIR", "/work/shared/data"))
     parser.add_argument("--limit", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=7, help="round-robin repeats of the per-step comparison")
@@ -258,12 +264,15 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="add vaefast.train --compile rows (inductor takes ~30 s per model first)")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    device = torch.device(args.device)
+    prefix = FILE_PREFIX[device.type]
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)}; choose from {','.join(MODELS)}")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    machine = harness.machine_info(torch.get_num_threads())
+    machine = harness.machine_info(torch.get_num_threads(), device)
     machine["pythae"] = peers.PYTHAE_VERSION or f"unavailable ({peers.PYTHAE_ERROR})"
     load_start = os.getloadavg()[0]
     notes = [f"library loops: each library's own training loop with its defaults, run for {args.loop_epochs[0]} "
@@ -294,14 +303,19 @@ def main(argv=None):
         # here: the step's cost does not depend on the values).
         mu_z, sigma_z = two_stage.stage2_data(x)
         latents = mu_z + sigma_z * torch.randn_like(mu_z)
+        two_stage.to(device)  # vaefast's four models live in it or are the image VAE and WAE below
+        for model, _ in [*ours.values(), *theirs.values()]:
+            model.to(device)
         with tempfile.TemporaryDirectory() as scratch:
             for name in (name for name in ours if name in args.models):
                 data = latents if name == "Two-Stage stage 2" else x
-                steps = {"vaefast": training_step(*ours[name], data, seed=1)}
+                on_device = data.to(device)
+                steps = {"vaefast": training_step(*ours[name], on_device, seed=1)}
                 if name in theirs:
-                    steps["pythae"] = training_step(*theirs[name], data, seed=1)
+                    steps["pythae"] = training_step(*theirs[name], on_device, seed=1)
                 log(f"{name}, identical loop: {', '.join(steps)}")
-                timings = harness.time_round_robin(steps, repeats=args.repeats, warmup=5, min_sample_s=0.5)
+                timings = harness.time_round_robin(steps, repeats=args.repeats, warmup=5, min_sample_s=0.5,
+                                                   device=device)
                 sections["Models in an identical loop"] += rows_of("identical loop", name, timings, 1)
 
                 # Each library's loop runs for `short` and for `long` epochs in one round-robin; a step costs
@@ -311,17 +325,18 @@ def main(argv=None):
                 loops = {}
                 for epochs in (short, long):
                     loops[f"vaefast.train|{epochs}"] = vaefast_loop(
-                        name, ours, two_stage, x, (mu_z, sigma_z), epochs, os.path.join(scratch, "vaefast"))
+                        name, ours, two_stage, x, (mu_z, sigma_z), epochs, os.path.join(scratch, "vaefast"), device)
                     if args.compile:
                         loops[f"vaefast.train --compile|{epochs}"] = vaefast_loop(
                             name, ours, two_stage, x, (mu_z, sigma_z), epochs,
-                            os.path.join(scratch, "vaefast-compile"), compile=True)
+                            os.path.join(scratch, "vaefast-compile"), device, compile=True)
                     if name in theirs:
                         loops[f"pythae TrainingPipeline|{epochs}"] = pythae_loop(
-                            theirs[name][0], data.numpy(), epochs, os.path.join(scratch, "pythae"))
+                            theirs[name][0], data.numpy(), epochs, os.path.join(scratch, "pythae"), device)
                 log(f"{name}, library loops: {', '.join(loops)}")
                 with quiet():
-                    timings = harness.time_round_robin(loops, repeats=args.loop_repeats, warmup=0, min_sample_s=0)
+                    timings = harness.time_round_robin(loops, repeats=args.loop_repeats, warmup=0, min_sample_s=0,
+                                                       device=device)
                 marginal = {library: Marginal(timings[f"{library}|{long}"], timings[f"{library}|{short}"])
                             for library in dict.fromkeys(key.split("|")[0] for key in loops)}
                 rows = rows_of("library loops", name, marginal, (long - short) * (data.shape[0] // BATCH))
@@ -348,11 +363,11 @@ def main(argv=None):
     warning = harness.load_warning(load_start, torch.get_num_threads())
     if warning:
         notes.append(warning)
-    text = markdown(machine, list(sections.items()), notes, targets)
+    text = markdown(machine, list(sections.items()), notes, targets, prefix)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cpu_training.md"), "w") as handle:
+    with open(os.path.join(args.out, f"{prefix}_training.md"), "w") as handle:
         handle.write(text)
-    with open(os.path.join(args.out, "cpu_training.csv"), "w", newline="") as handle:
+    with open(os.path.join(args.out, f"{prefix}_training.csv"), "w", newline="") as handle:
         for key, value in machine.items():
             handle.write(f"# {key}: {value}\n")
         writer = csv.DictWriter(handle, fieldnames=["section", "model", "library", "median_ms", "iqr_ms",

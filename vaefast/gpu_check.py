@@ -8,11 +8,14 @@ pytest; nothing is downloaded. Steps, each reported as it finishes (the first fa
              suite with VAEFAST_TEST_DEVICE=cuda
   3. sanitizer  compute-sanitizer memcheck and racecheck over a small run of every kernel (--small-run),
              where compute-sanitizer exists
-  4. bench   python -m benchmarks.run --device cuda, then python -m benchmarks.mmd_sweep --device cuda: the
-             same runner, cases and harness as the CPU results (CUDA-event timing, the caching allocator's
-             peak memory, the device-to-device copy bandwidth, the GPU's name, memory, compute capability
-             and CUDA versions), at the CPU sizes plus the CUDA issue's (64M elements; MMD n = 4096 and
-             65536): benchmarks/results/gpu_ops.md, .csv, gpu_speedups.png and gpu_mmd_sweep.md, .csv, .png
+  4. bench   python -m benchmarks.run --device cuda, python -m benchmarks.mmd_sweep --device cuda, then
+             python -m benchmarks.training --device cuda: the same runner, cases and harness as the CPU
+             results (CUDA-event timing, the caching allocator's peak memory, the device-to-device copy
+             bandwidth, the GPU's name, memory, compute capability and CUDA versions), at the CPU sizes plus
+             the CUDA issue's (64M elements; MMD n = 4096 and 65536), and the training comparison with
+             pythae (MNIST from $VAEFAST_DATA_DIR or ../shared/data; skipped with the reason when absent):
+             benchmarks/results/gpu_ops.md, .csv, gpu_speedups.png, gpu_mmd_sweep.md, .csv, .png and
+             gpu_training.md, .csv
 Options: --skip-build, --skip-bench, --only-tests, --small-run (step 3's payload, run under the sanitizer).
 Without a CUDA GPU it exits with status 2 and says so.
 """
@@ -120,7 +123,11 @@ def bench(out_dir):
     status = run([sys.executable, "-m", "benchmarks.run", "--device", "cuda", "--out", out_dir])
     if status != 0:
         return status
-    return run([sys.executable, "-m", "benchmarks.mmd_sweep", "--device", "cuda", "--out", out_dir])
+    status = run([sys.executable, "-m", "benchmarks.mmd_sweep", "--device", "cuda", "--out", out_dir])
+    if status != 0:
+        return status
+    return run([sys.executable, "-m", "benchmarks.training", "--device", "cuda", "--loop-repeats", "5",
+                "--out", out_dir])
 
 
 def main(argv=None):
