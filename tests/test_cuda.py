@@ -141,14 +141,9 @@ def test_reparameterize_kl_gradients_match_the_two_ops(dtype, shape):
         assert_same(got, want, dtype)
 
 
-def test_reparameterize_kl_cuda_graph_replay_draws_fresh_noise():
-    mu = torch.randn(64, 16, device="cuda", requires_grad=True)
-    logvar = torch.randn(64, 16, device="cuda", requires_grad=True)
-
-    def step():
-        z, kl = vaefast.reparameterize_kl(mu, logvar)
-        return z, torch.autograd.grad(z.square().mean() + kl, (mu, logvar))
-
+def capture_graph(step):
+    """(graph, outputs): step() warmed up three times on a side stream, as capture requires, then captured
+    once; graph.replay() reruns it into the same output tensors."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -157,7 +152,19 @@ def test_reparameterize_kl_cuda_graph_replay_draws_fresh_noise():
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_z, static_grads = step()
+        outputs = step()
+    return graph, outputs
+
+
+def test_reparameterize_kl_cuda_graph_replay_draws_fresh_noise():
+    mu = torch.randn(64, 16, device="cuda", requires_grad=True)
+    logvar = torch.randn(64, 16, device="cuda", requires_grad=True)
+
+    def step():
+        z, kl = vaefast.reparameterize_kl(mu, logvar)
+        return z, torch.autograd.grad(z.square().mean() + kl, (mu, logvar))
+
+    graph, (static_z, static_grads) = capture_graph(step)
     draws = []
     for _ in range(2):
         graph.replay()
@@ -240,15 +247,7 @@ def training_step_fn(batch=32, latent=8, pixels=49):
 
 def test_cuda_graph_capture_and_replay_draws_fresh_noise():
     step = training_step_fn()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_z, static_loss, static_grads = step()
+    graph, (static_z, static_loss, static_grads) = capture_graph(step)
     draws = []
     for _ in range(3):
         graph.replay()
