@@ -200,88 +200,231 @@ void kernel_sum_forward_impl(const KernelSumParams<scalar_t>& p) {
 
 // gradient += sum_j weight[j] * (a - b_j) (distance kernels) or sum_j weight[j] * b_j ("poly") over the
 // features [0, num_vecs * W) of one chunk, with the chunk's totals held in registers across the j loop.
+// Even and odd j go to two sets of totals, added at the end: num_vecs chains of fused multiply-adds alone
+// would wait on the FMA latency (4 cycles, 2 units: 8 chains keep them busy).
+constexpr int kChunkVecs = 4;
+
 template <bool dot_product, int num_vecs, typename acc>
 inline void accumulate_gradient_chunk(acc* gradient, const acc* a_row, const acc* b_rows, int64_t b_stride,
                                       const acc* weight, int64_t count) {
   constexpr int64_t width = Vec<acc>::size();
-  Vec<acc> total[num_vecs];
+  Vec<acc> even[num_vecs];
+  Vec<acc> odd[num_vecs];
   Vec<acc> a[num_vecs];
   for (int u = 0; u < num_vecs; ++u) {
-    total[u] = Vec<acc>::loadu(gradient + u * width);
+    even[u] = Vec<acc>::loadu(gradient + u * width);
+    odd[u] = Vec<acc>(acc(0));
     if constexpr (!dot_product) a[u] = Vec<acc>::loadu(a_row + u * width);
   }
-  for (int64_t j = 0; j < count; ++j) {
-    const Vec<acc> w(weight[j]);
-    const acc* b = b_rows + j * b_stride;
+  // (a - b_j) per pair rather than (sum_j w_j) a - sum_j w_j b_j: the latter cancels catastrophically when
+  // the rows sit far from the origin compared with their spread.
+  auto term = [&](const acc* b, int u) {
+    return dot_product ? Vec<acc>::loadu(b + u * width) : a[u] - Vec<acc>::loadu(b + u * width);
+  };
+  int64_t j = 0;
+  for (; j + 2 <= count; j += 2) {
+    const Vec<acc> w_even(weight[j]);
+    const Vec<acc> w_odd(weight[j + 1]);
+    const acc* b_even = b_rows + j * b_stride;
+    const acc* b_odd = b_even + b_stride;
     for (int u = 0; u < num_vecs; ++u) {
-      // (a - b_j) per pair rather than (sum_j w_j) a - sum_j w_j b_j: the latter cancels catastrophically
-      // when the rows sit far from the origin compared with their spread.
-      const Vec<acc> term = dot_product ? Vec<acc>::loadu(b + u * width) : a[u] - Vec<acc>::loadu(b + u * width);
-      total[u] = at::vec::fmadd(w, term, total[u]);
+      even[u] = at::vec::fmadd(w_even, term(b_even, u), even[u]);
+      odd[u] = at::vec::fmadd(w_odd, term(b_odd, u), odd[u]);
     }
   }
-  for (int u = 0; u < num_vecs; ++u) total[u].store(gradient + u * width);
+  if (j < count) {
+    const Vec<acc> w(weight[j]);
+    for (int u = 0; u < num_vecs; ++u) even[u] = at::vec::fmadd(w, term(b_rows + j * b_stride, u), even[u]);
+  }
+  for (int u = 0; u < num_vecs; ++u) (even[u] + odd[u]).store(gradient + u * width);
 }
 
+// The gradient rows of a whole block, feature chunk by feature chunk: gradient[r] += sum_j weight[r][j] *
+// (a_r - b_j) for r < a_count, j < b_count (rows of a and b and of the gradient padded_dim apart). Chunks
+// outermost keep a tile's working set in L1 (at d = 64 in float, all rows of a tile, its gradients and
+// its weights take 48 KB; one chunk of 32 features, 24 KB).
 template <bool dot_product, typename acc>
-inline void accumulate_gradient(acc* gradient, const acc* a_row, const acc* b_rows, int64_t padded_dim,
-                                const acc* weight, int64_t count) {
+inline void accumulate_block_chunk(int64_t k, acc* gradient, const acc* a_rows, int64_t a_count, const acc* b_rows,
+                                   int64_t b_count, int64_t padded_dim, const acc (*weight)[kBlockRows]) {
   constexpr int64_t width = Vec<acc>::size();
-  constexpr int chunk_vecs = 4;
-  int64_t k = 0;
-  for (; k + chunk_vecs * width <= padded_dim; k += chunk_vecs * width) {
-    accumulate_gradient_chunk<dot_product, chunk_vecs>(gradient + k, a_row + k, b_rows + k, padded_dim, weight, count);
-  }
-  for (; k < padded_dim; k += width) {
-    accumulate_gradient_chunk<dot_product, 1>(gradient + k, a_row + k, b_rows + k, padded_dim, weight, count);
+  for (int64_t r = 0; r < a_count; ++r) {
+    const int64_t offset = r * padded_dim + k;
+    if (k + kChunkVecs * width <= padded_dim) {
+      accumulate_gradient_chunk<dot_product, kChunkVecs>(gradient + offset, a_rows + offset, b_rows + k, padded_dim,
+                                                         weight[r], b_count);
+    } else {
+      for (int64_t u = 0; k + u * width < padded_dim; ++u) {
+        accumulate_gradient_chunk<dot_product, 1>(gradient + offset + u * width, a_rows + offset + u * width,
+                                                  b_rows + k + u * width, padded_dim, weight[r], b_count);
+      }
+    }
   }
 }
 
-// out[i] = scale * sum_j dk(a_i, b_j) / dk(statistic) * d statistic / d a_i without the constant factor of
-// the statistic's derivative (2 for ||a - b||^2), which the caller folds into scale; j runs over every row
-// of b (self: a is b, without j == i when exclude_diagonal). One work item per block of rows of a.
-template <PairKernel kernel, typename acc, typename scalar_t>
-void row_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b, bool self_pairs,
-                   bool exclude_diagonal, acc scale, const PairKernelConstants<acc>& constants, scalar_t* out) {
+// Calls f(i, std::integral_constant<int, rows>) for the rows [row_begin, row_end) of a block in groups of
+// kPairRows, then singly for the remainder.
+template <typename F>
+inline void for_row_groups(int64_t row_begin, int64_t row_end, const F& f) {
+  int64_t i = row_begin;
+  for (; i + kPairRows <= row_end; i += kPairRows) f(i, std::integral_constant<int, kPairRows>{});
+  for (; i < row_end; ++i) f(i, std::integral_constant<int, 1>{});
+}
+
+// The backward works on tiles: kBlockRows rows of a (block I) against kBlockRows rows of b (block J, one or
+// more whole panels). Per tile the slopes w_ij = dk/d(statistic) are computed once into a
+// [kBlockRows, kBlockRows] buffer and serve both sides:
+//   grad_a[i] += sum_j w_ij (a_i - b_j)   (every tile)
+//   grad_b[j] += sum_i w_ij (b_j - a_i)   (with_b_side: the transposed buffer, the same accumulation)
+// ("poly": w_ij b_j and w_ij a_i). The gradients are kept in the accumulation type, [count, padded_dim].
+static_assert(kBlockRows % panel_width<float>() == 0 && kBlockRows % panel_width<double>() == 0,
+              "a block of b rows must be whole panels");
+
+struct Tile {
+  int64_t a_block;
+  int64_t b_block;
+};
+
+template <PairKernel kernel, typename acc>
+void tile_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Tile tile, bool with_b_side,
+                    bool zero_diagonal, const PairKernelConstants<acc>& constants, acc* grad_a, acc* grad_b) {
   constexpr int64_t width = panel_width<acc>();
   constexpr bool dot_product = uses_dot_product<kernel>();
-  const int64_t num_blocks = (a.count + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
-    std::vector<acc> gradient(kBlockRows * a.padded_dim);
-    for (int64_t block = block_begin; block < block_end; ++block) {
-      const int64_t row_begin = block * kBlockRows;
-      const int64_t row_end = std::min(a.count, row_begin + kBlockRows);
-      std::fill(gradient.begin(), gradient.end(), acc(0));
-      for (int64_t p = 0; p < b.num_panels; ++p) {
-        const int64_t panel_begin = p * width;
-        const int64_t count = std::min(width, b.count - panel_begin);
-        auto pair_rows = [&](int64_t i, auto rows_tag) {
-          constexpr int num_rows = decltype(rows_tag)::value;
-          const acc* rows[num_rows];
-          for (int r = 0; r < num_rows; ++r) rows[r] = a.row(i + r);
-          Vec<acc> statistic[num_rows][kPanelVecs];
-          pair_statistics<dot_product>(rows, b.panel(p), a.d, statistic);
-          for (int r = 0; r < num_rows; ++r) {
-            alignas(64) acc weight[width];
-            for (int v = 0; v < kPanelVecs; ++v) {
-              pair_kernel_slope<kernel>(statistic[r][v], constants).store(weight + v * Vec<acc>::size());
-            }
-            const int64_t row = i + r;
-            if (self_pairs && exclude_diagonal && row >= panel_begin && row < panel_begin + count) {
-              weight[row - panel_begin] = 0;
-            }
-            accumulate_gradient<dot_product>(gradient.data() + (row - row_begin) * a.padded_dim, rows[r],
-                                             b.row(panel_begin), a.padded_dim, weight, count);
-          }
-        };
-        int64_t i = row_begin;
-        for (; i + kPairRows <= row_end; i += kPairRows) pair_rows(i, std::integral_constant<int, kPairRows>{});
-        for (; i < row_end; ++i) pair_rows(i, std::integral_constant<int, 1>{});
+  const int64_t a_begin = tile.a_block * kBlockRows;
+  const int64_t a_count = std::min(kBlockRows, a.count - a_begin);
+  const int64_t b_begin = tile.b_block * kBlockRows;
+  const int64_t b_count = std::min(kBlockRows, b.count - b_begin);
+  alignas(64) acc weight[kBlockRows][kBlockRows];
+  for (int64_t p = b_begin / width; p * width < b_begin + b_count; ++p) {
+    const int64_t column = p * width - b_begin;
+    for_row_groups(a_begin, a_begin + a_count, [&](int64_t i, auto rows_tag) {
+      constexpr int num_rows = decltype(rows_tag)::value;
+      const acc* rows[num_rows];
+      for (int r = 0; r < num_rows; ++r) rows[r] = a.row(i + r);
+      Vec<acc> statistic[num_rows][kPanelVecs];
+      pair_statistics<dot_product>(rows, b.panel(p), a.d, statistic);
+      for (int r = 0; r < num_rows; ++r) {
+        acc* row_weight = weight[i + r - a_begin] + column;
+        for (int v = 0; v < kPanelVecs; ++v) {
+          pair_kernel_slope<kernel>(statistic[r][v], constants).store(row_weight + v * Vec<acc>::size());
+        }
       }
-      for (int64_t row = row_begin; row < row_end; ++row) {
-        const acc* row_gradient = gradient.data() + (row - row_begin) * a.padded_dim;
-        for (int64_t k = 0; k < a.d; ++k) out[row * a.d + k] = static_cast<scalar_t>(scale * row_gradient[k]);
+    });
+  }
+  // Lanes past b_count hold the slopes of zero padding rows: the loops below stop at the counts.
+  if (zero_diagonal) {
+    for (int64_t r = 0; r < a_count; ++r) weight[r][r] = 0;
+  }
+  alignas(64) acc weight_t[kBlockRows][kBlockRows];
+  if (with_b_side) {
+    for (int64_t r = 0; r < a_count; ++r) {
+      for (int64_t c = 0; c < b_count; ++c) weight_t[c][r] = weight[r][c];
+    }
+  }
+  const acc* a_rows = a.row(a_begin);
+  const acc* b_rows = b.row(b_begin);
+  for (int64_t k = 0; k < a.padded_dim; k += kChunkVecs * Vec<acc>::size()) {
+    accumulate_block_chunk<dot_product>(k, grad_a + a_begin * a.padded_dim, a_rows, a_count, b_rows, b_count,
+                                        a.padded_dim, weight);
+    if (with_b_side) {
+      accumulate_block_chunk<dot_product>(k, grad_b + b_begin * b.padded_dim, b_rows, b_count, a_rows, a_count,
+                                          b.padded_dim, weight_t);
+    }
+  }
+}
+
+// Runs the rounds' tiles, round after round (tiles(round, list) fills the round's list): within a round no
+// two tiles touch the same block of rows, so the tiles of a round run in parallel without a race, and every
+// block receives its contributions in round order whatever the thread count: same bits.
+template <typename Tiles, typename RunTile>
+void run_rounds(int64_t num_rounds, const Tiles& tiles, const RunTile& run_tile) {
+  std::vector<Tile> round_tiles;
+  for (int64_t round = 0; round < num_rounds; ++round) {
+    round_tiles.clear();
+    tiles(round, round_tiles);
+    at::parallel_for(0, static_cast<int64_t>(round_tiles.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) run_tile(round_tiles[t]);
+    });
+  }
+}
+
+// The self sum's gradient in one pass over the triangle: round 0 holds every block's diagonal tile (both
+// sides of its pairs inside the block, a side only); then a round-robin tournament (the circle method; a
+// "bye" block when the count is odd) pairs every two blocks exactly once, each block in at most one tile
+// per round.
+template <PairKernel kernel, typename acc>
+void self_gradients(const PackedOperand<acc>& x, bool exclude_diagonal, const PairKernelConstants<acc>& constants,
+                    acc* gradient) {
+  const int64_t num_blocks = (x.count + kBlockRows - 1) / kBlockRows;
+  const int64_t players = num_blocks + num_blocks % 2;  // the last one is the bye when num_blocks is odd
+  auto tiles = [&](int64_t round, std::vector<Tile>& list) {
+    if (round == 0) {
+      for (int64_t block = 0; block < num_blocks; ++block) list.push_back({block, block});
+      return;
+    }
+    const int64_t ring = players - 1;  // players 0 .. ring - 1 rotate; player `ring` stays put
+    const int64_t r = round - 1;
+    auto add = [&](int64_t first, int64_t second) {
+      if (first < num_blocks && second < num_blocks) list.push_back({std::min(first, second), std::max(first, second)});
+    };
+    add(ring, r);
+    for (int64_t k = 1; k < players / 2; ++k) add((r + k) % ring, (r - k + ring) % ring);
+  };
+  run_rounds(players, tiles, [&](Tile tile) {
+    const bool diagonal = tile.a_block == tile.b_block;
+    tile_gradients<kernel>(x, x, tile, !diagonal, diagonal && exclude_diagonal, constants, gradient, gradient);
+  });
+}
+
+// Fewest blocks on the smaller side for which the cross sum's gradient runs as rounds of tiles: a round
+// holds that many tiles, the parallel width. Below it each side is computed on its own (twice the pair
+// statistics, but as wide as the larger side). A constant, never the thread count: same bits.
+constexpr int64_t kMinTilesPerRound = 8;
+
+// The cross sum's gradients: in one pass when both sides have kMinTilesPerRound blocks or more (round r
+// pairs block I of a with block (I + r) mod max(blocks) of b: every pair of blocks once, each block at most
+// once per round); else per side, each side's blocks in parallel against every block of the other.
+template <PairKernel kernel, typename acc>
+void cross_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b,
+                     const PairKernelConstants<acc>& constants, acc* grad_a, acc* grad_b) {
+  const int64_t a_blocks = (a.count + kBlockRows - 1) / kBlockRows;
+  const int64_t b_blocks = (b.count + kBlockRows - 1) / kBlockRows;
+  if (std::min(a_blocks, b_blocks) >= kMinTilesPerRound) {
+    const int64_t ring = std::max(a_blocks, b_blocks);
+    auto tiles = [&](int64_t round, std::vector<Tile>& list) {
+      for (int64_t block = 0; block < ring; ++block) {
+        const int64_t other = (block + round) % ring;
+        if (block < a_blocks && other < b_blocks) list.push_back({block, other});
       }
+    };
+    run_rounds(ring, tiles, [&](Tile tile) {
+      tile_gradients<kernel>(a, b, tile, true, false, constants, grad_a, grad_b);
+    });
+    return;
+  }
+  auto one_side = [&](const PackedOperand<acc>& left, const PackedOperand<acc>& right, int64_t left_blocks,
+                      int64_t right_blocks, acc* gradient) {
+    at::parallel_for(0, left_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        for (int64_t other = 0; other < right_blocks; ++other) {
+          tile_gradients<kernel>(left, right, Tile{block, other}, false, false, constants, gradient,
+                                 static_cast<acc*>(nullptr));
+        }
+      }
+    });
+  };
+  one_side(a, b, a_blocks, b_blocks, grad_a);
+  // k is symmetric, so d k(a_i, b_j) / d b_j is the left-row gradient with the roles swapped.
+  one_side(b, a, b_blocks, a_blocks, grad_b);
+}
+
+// out = scale * gradient (kept [count, padded_dim] in the accumulation type), in out's layout and type.
+template <typename acc, typename scalar_t>
+void store_gradient(const std::vector<acc>& gradient, const PackedOperand<acc>& operand, acc scale, scalar_t* out) {
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, operand.d));
+  at::parallel_for(0, operand.count, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const acc* row_gradient = gradient.data() + row * operand.padded_dim;
+      for (int64_t k = 0; k < operand.d; ++k) out[row * operand.d + k] = static_cast<scalar_t>(scale * row_gradient[k]);
     }
   });
 }
@@ -294,15 +437,17 @@ void kernel_sum_backward_impl(const KernelSumBackwardParams<scalar_t>& p) {
   const acc statistic_factor = uses_dot_product<kernel>() ? acc(1) : acc(2);
   const acc grad = static_cast<acc>(*p.grad);
   const PackedOperand<acc> x_packed = pack_operand<acc>(p.x, p.n, p.d, true, true);
+  std::vector<acc> grad_x(x_packed.count * x_packed.padded_dim, acc(0));
   if (p.self_pairs) {
-    row_gradients<kernel>(x_packed, x_packed, true, p.exclude_diagonal, 2 * statistic_factor * grad, constants,
-                          p.grad_x);
+    self_gradients<kernel>(x_packed, p.exclude_diagonal, constants, grad_x.data());
+    store_gradient(grad_x, x_packed, 2 * statistic_factor * grad, p.grad_x);
     return;
   }
   const PackedOperand<acc> y_packed = pack_operand<acc>(p.y, p.m, p.d, true, true);
-  row_gradients<kernel>(x_packed, y_packed, false, false, statistic_factor * grad, constants, p.grad_x);
-  // k is symmetric, so d k(x_i, y_j) / d y_j is the left-row gradient with the roles swapped.
-  row_gradients<kernel>(y_packed, x_packed, false, false, statistic_factor * grad, constants, p.grad_y);
+  std::vector<acc> grad_y(y_packed.count * y_packed.padded_dim, acc(0));
+  cross_gradients<kernel>(x_packed, y_packed, constants, grad_x.data(), grad_y.data());
+  store_gradient(grad_x, x_packed, statistic_factor * grad, p.grad_x);
+  store_gradient(grad_y, y_packed, statistic_factor * grad, p.grad_y);
 }
 
 template <typename Params, typename Run>
