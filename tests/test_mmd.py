@@ -53,11 +53,15 @@ def with_layout(t, layout):
     return wide[:, 1:-2]  # a column slice: row stride d + 3
 
 
-@pytest.mark.parametrize("n, m, d", [(37, 53, 8), (2, 2, 3), (19, 23, 1), (12, 9, 300), (257, 70, 5)])
+@pytest.mark.parametrize("n, m, d", [(37, 53, 8), (2, 2, 3), (19, 23, 1), (12, 9, 300), (257, 70, 5), (257, 256, 5),
+                                     (300, 520, 7)])
 @pytest.mark.parametrize("unbiased", [True, False])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_mmd_matches_float64_reference(kernel, unbiased, n, m, d):
-    # 257 rows and 300 features are multiples of no tile size; 2 rows is the unbiased minimum.
+    # 257 rows and 300 features are multiples of no tile size; 2 rows is the unbiased minimum. The CPU
+    # backward computes the cross sum's two gradients in one pass (rounds of tiles) when both sides have 8
+    # blocks of 32 rows or more, else side by side: (257, 70) takes the second way, (257, 256) and (300, 520)
+    # the first, with 9 (odd: a bye in the self sum's tournament), 8, 10 and 17 blocks.
     x, y = samples(n, m, d)
     kwargs = dict(kernel=kernel, unbiased=unbiased)
     assert_all_close64(value_and_grads(vaefast.mmd, x, y, **kwargs), value_and_grads(reference.mmd, x, y, **kwargs))
@@ -352,9 +356,10 @@ def test_mmd_property_against_reference(n, m, d, kernel, unbiased, dtype, spread
 
 
 @needs_compiled
+@pytest.mark.parametrize("n, m", [(300, 211), (300, 290)])  # the cross gradient side by side; in rounds of tiles
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_bit_identical_whatever_the_thread_count(kernel):
-    x, y = samples(300, 211, 9, dtype=torch.float32)
+def test_bit_identical_whatever_the_thread_count(kernel, n, m):
+    x, y = samples(n, m, 9, dtype=torch.float32)
     assert_same_bits_at_1_and_2_threads(lambda: value_and_grads(vaefast.mmd, x, y, kernel=kernel))
 
 
