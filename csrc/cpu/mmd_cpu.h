@@ -198,19 +198,23 @@ void kernel_sum_forward_impl(const KernelSumParams<scalar_t>& p) {
   p.out[0] = total;
 }
 
-// gradient += sum_j weight[j] * (a - b_j) (distance kernels) or sum_j weight[j] * b_j ("poly") over the
-// features [0, num_vecs * W) of one chunk, with the chunk's totals held in registers across the j loop.
+// gradient += sum_j w_j * (a - b_j) (distance kernels) or sum_j w_j * b_j ("poly"), with w_j =
+// weight[j * weight_stride], over the features [0, num_vecs * W) of one chunk, with the chunk's totals held
+// in registers across the j loop.
 // Even and odd j go to two sets of totals, added at the end: num_vecs chains of fused multiply-adds alone
 // would wait on the FMA latency (4 cycles, 2 units: 8 chains keep them busy).
 constexpr int kChunkVecs = 4;
 
 template <bool dot_product, int num_vecs, typename acc>
 inline void accumulate_gradient_chunk(acc* gradient, const acc* a_row, const acc* b_rows, int64_t b_stride,
-                                      const acc* weight, int64_t count) {
+                                      const acc* weight, int64_t weight_stride, int64_t count) {
   constexpr int64_t width = Vec<acc>::size();
   Vec<acc> even[num_vecs];
   Vec<acc> odd[num_vecs];
   Vec<acc> a[num_vecs];
+  // Unrolled before GCC can turn it into memcpy/memset of stack arrays, which kept the totals in memory
+  // (a store and reload at every call; the call is per row and chunk, 16 iterations long).
+#pragma GCC unroll 16
   for (int u = 0; u < num_vecs; ++u) {
     even[u] = Vec<acc>::loadu(gradient + u * width);
     odd[u] = Vec<acc>(acc(0));
@@ -218,44 +222,54 @@ inline void accumulate_gradient_chunk(acc* gradient, const acc* a_row, const acc
   }
   // (a - b_j) per pair rather than (sum_j w_j) a - sum_j w_j b_j: the latter cancels catastrophically when
   // the rows sit far from the origin compared with their spread.
-  auto term = [&](const acc* b, int u) {
-    return dot_product ? Vec<acc>::loadu(b + u * width) : a[u] - Vec<acc>::loadu(b + u * width);
-  };
   int64_t j = 0;
   for (; j + 2 <= count; j += 2) {
-    const Vec<acc> w_even(weight[j]);
-    const Vec<acc> w_odd(weight[j + 1]);
+    const Vec<acc> w_even(weight[j * weight_stride]);
+    const Vec<acc> w_odd(weight[(j + 1) * weight_stride]);
     const acc* b_even = b_rows + j * b_stride;
     const acc* b_odd = b_even + b_stride;
     for (int u = 0; u < num_vecs; ++u) {
-      even[u] = at::vec::fmadd(w_even, term(b_even, u), even[u]);
-      odd[u] = at::vec::fmadd(w_odd, term(b_odd, u), odd[u]);
+      Vec<acc> term_even = Vec<acc>::loadu(b_even + u * width);
+      Vec<acc> term_odd = Vec<acc>::loadu(b_odd + u * width);
+      if constexpr (!dot_product) {
+        term_even = a[u] - term_even;
+        term_odd = a[u] - term_odd;
+      }
+      even[u] = at::vec::fmadd(w_even, term_even, even[u]);
+      odd[u] = at::vec::fmadd(w_odd, term_odd, odd[u]);
     }
   }
   if (j < count) {
-    const Vec<acc> w(weight[j]);
-    for (int u = 0; u < num_vecs; ++u) even[u] = at::vec::fmadd(w, term(b_rows + j * b_stride, u), even[u]);
+    const Vec<acc> w(weight[j * weight_stride]);
+    for (int u = 0; u < num_vecs; ++u) {
+      Vec<acc> term = Vec<acc>::loadu(b_rows + j * b_stride + u * width);
+      if constexpr (!dot_product) term = a[u] - term;
+      even[u] = at::vec::fmadd(w, term, even[u]);
+    }
   }
   for (int u = 0; u < num_vecs; ++u) (even[u] + odd[u]).store(gradient + u * width);
 }
 
-// The gradient rows of a whole block, feature chunk by feature chunk: gradient[r] += sum_j weight[r][j] *
-// (a_r - b_j) for r < a_count, j < b_count (rows of a and b and of the gradient padded_dim apart). Chunks
-// outermost keep a tile's working set in L1 (at d = 64 in float, all rows of a tile, its gradients and
-// its weights take 48 KB; one chunk of 32 features, 24 KB).
+// The gradient rows of a whole block, feature chunk by feature chunk: gradient[r] += sum_j w_rj (a_r - b_j)
+// for r < a_count, j < b_count, where w_rj = weight[r * r_stride + j * j_stride] (the tile's slopes, read
+// as they are or transposed); rows of a and b and of the gradient padded_dim apart. Chunks outermost keep
+// a tile's working set in L1 (at d = 64 in float, all rows of a tile, its gradients and its weights take
+// 40 KB; one chunk of 32 features, 20 KB).
 template <bool dot_product, typename acc>
 inline void accumulate_block_chunk(int64_t k, acc* gradient, const acc* a_rows, int64_t a_count, const acc* b_rows,
-                                   int64_t b_count, int64_t padded_dim, const acc (*weight)[kBlockRows]) {
+                                   int64_t b_count, int64_t padded_dim, const acc* weight, int64_t r_stride,
+                                   int64_t j_stride) {
   constexpr int64_t width = Vec<acc>::size();
   for (int64_t r = 0; r < a_count; ++r) {
     const int64_t offset = r * padded_dim + k;
+    const acc* row_weight = weight + r * r_stride;
     if (k + kChunkVecs * width <= padded_dim) {
       accumulate_gradient_chunk<dot_product, kChunkVecs>(gradient + offset, a_rows + offset, b_rows + k, padded_dim,
-                                                         weight[r], b_count);
+                                                         row_weight, j_stride, b_count);
     } else {
       for (int64_t u = 0; k + u * width < padded_dim; ++u) {
         accumulate_gradient_chunk<dot_product, 1>(gradient + offset + u * width, a_rows + offset + u * width,
-                                                  b_rows + k + u * width, padded_dim, weight[r], b_count);
+                                                  b_rows + k + u * width, padded_dim, row_weight, j_stride, b_count);
       }
     }
   }
@@ -274,7 +288,7 @@ inline void for_row_groups(int64_t row_begin, int64_t row_end, const F& f) {
 // more whole panels). Per tile the slopes w_ij = dk/d(statistic) are computed once into a
 // [kBlockRows, kBlockRows] buffer and serve both sides:
 //   grad_a[i] += sum_j w_ij (a_i - b_j)   (every tile)
-//   grad_b[j] += sum_i w_ij (b_j - a_i)   (with_b_side: the transposed buffer, the same accumulation)
+//   grad_b[j] += sum_i w_ij (b_j - a_i)   (with_b_side: the same buffer read transposed, the same accumulation)
 // ("poly": w_ij b_j and w_ij a_i). The gradients are kept in the accumulation type, [count, padded_dim].
 static_assert(kBlockRows % panel_width<float>() == 0 && kBlockRows % panel_width<double>() == 0,
               "a block of b rows must be whole panels");
@@ -314,20 +328,15 @@ void tile_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Ti
   if (zero_diagonal) {
     for (int64_t r = 0; r < a_count; ++r) weight[r][r] = 0;
   }
-  alignas(64) acc weight_t[kBlockRows][kBlockRows];
-  if (with_b_side) {
-    for (int64_t r = 0; r < a_count; ++r) {
-      for (int64_t c = 0; c < b_count; ++c) weight_t[c][r] = weight[r][c];
-    }
-  }
   const acc* a_rows = a.row(a_begin);
   const acc* b_rows = b.row(b_begin);
   for (int64_t k = 0; k < a.padded_dim; k += kChunkVecs * Vec<acc>::size()) {
     accumulate_block_chunk<dot_product>(k, grad_a + a_begin * a.padded_dim, a_rows, a_count, b_rows, b_count,
-                                        a.padded_dim, weight);
+                                        a.padded_dim, &weight[0][0], kBlockRows, 1);
     if (with_b_side) {
+      // b's side reads the slopes transposed: w_ji = weight[i][j].
       accumulate_block_chunk<dot_product>(k, grad_b + b_begin * b.padded_dim, b_rows, b_count, a_rows, a_count,
-                                          b.padded_dim, weight_t);
+                                          b.padded_dim, &weight[0][0], 1, kBlockRows);
     }
   }
 }
