@@ -101,108 +101,6 @@ inline void pair_statistics(const acc* const* rows, const acc* panel, int64_t d,
   }
 }
 
-// Sum of k(a_i, b_j) over the pairs of left rows [row_begin, row_end): all j for the cross sum; for the
-// self sum (a is b) 2 * sum_{j > i} plus the diagonal when it is included.
-template <PairKernel kernel, typename acc>
-double block_kernel_sum(const PackedOperand<acc>& a, const PackedOperand<acc>& b, int64_t row_begin,
-                        int64_t row_end, bool self_pairs, bool exclude_diagonal,
-                        const PairKernelConstants<acc>& constants) {
-  constexpr int64_t width = panel_width<acc>();
-  constexpr bool dot_product = uses_dot_product<kernel>();
-  double row_totals[kBlockRows] = {};
-  // The self sum visits j > i only: panels before the block's first row hold no such pair.
-  const int64_t first_panel = self_pairs ? row_begin / width : 0;
-  for (int64_t p = first_panel; p < b.num_panels; ++p) {
-    const int64_t panel_begin = p * width;
-    const bool partial_panel = panel_begin + width > b.count;
-    auto pair_rows = [&](int64_t i, auto rows_tag) {
-      constexpr int num_rows = decltype(rows_tag)::value;
-      const acc* rows[num_rows];
-      for (int r = 0; r < num_rows; ++r) rows[r] = a.row(i + r);
-      Vec<acc> statistic[num_rows][kPanelVecs];
-      pair_statistics<dot_product>(rows, b.panel(p), a.d, statistic);
-      for (int r = 0; r < num_rows; ++r) {
-        Vec<acc> values[kPanelVecs];
-        for (int v = 0; v < kPanelVecs; ++v) values[v] = pair_kernel_value<kernel>(statistic[r][v], constants);
-        const int64_t row = i + r;
-        acc total = 0;
-        if (!partial_panel && !(self_pairs && panel_begin <= row)) {
-          total = lane_sum((values[0] + values[1]) + (values[2] + values[3]));
-        } else {
-          // Some lanes are padding or (self sum) pairs j <= i: add the valid ones only, so that a masked
-          // lane can never bring a NaN in.
-          alignas(64) acc lanes[width];
-          for (int v = 0; v < kPanelVecs; ++v) values[v].store(lanes + v * Vec<acc>::size());
-          const int64_t lane_end = std::min(width, b.count - panel_begin);
-          const int64_t lane_begin = self_pairs ? std::max<int64_t>(0, row + 1 - panel_begin) : 0;
-          for (int64_t lane = lane_begin; lane < lane_end; ++lane) total += lanes[lane];
-        }
-        row_totals[row - row_begin] += static_cast<double>(total);
-      }
-    };
-    int64_t i = row_begin;
-    for (; i + kPairRows <= row_end; i += kPairRows) pair_rows(i, std::integral_constant<int, kPairRows>{});
-    for (; i < row_end; ++i) pair_rows(i, std::integral_constant<int, 1>{});
-  }
-  double block_total = 0;
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    double row_total = row_totals[row - row_begin];
-    if (self_pairs) {
-      row_total *= 2;  // k is symmetric: each i < j pair stands for (i, j) and (j, i)
-      if (!exclude_diagonal) {
-        const acc* a_row = a.row(row);
-        acc statistic = 0;
-        for (int64_t k = 0; k < a.d; ++k) {
-          // (a_k - a_k)^2 rather than a constant 0, so that a NaN or infinite row yields a NaN like the pairs do.
-          statistic += dot_product ? a_row[k] * a_row[k] : (a_row[k] - a_row[k]) * (a_row[k] - a_row[k]);
-        }
-        row_total += static_cast<double>(pair_kernel_value<kernel>(statistic, constants));
-      }
-    }
-    block_total += row_total;
-  }
-  return block_total;
-}
-
-template <PairKernel kernel, typename scalar_t>
-void kernel_sum_forward_impl(const KernelSumParams<scalar_t>& p) {
-  using acc = acc_t<scalar_t>;
-  const auto constants = pair_kernel_constants<acc>(p.scale_constant, p.num_scales, p.d);
-  const PackedOperand<acc> x_packed = pack_operand<acc>(p.x, p.n, p.d, true, p.self_pairs);
-  const PackedOperand<acc> y_packed =
-      p.self_pairs ? PackedOperand<acc>{} : pack_operand<acc>(p.y, p.m, p.d, false, true);
-  const PackedOperand<acc>& right = p.self_pairs ? x_packed : y_packed;
-  const int64_t num_blocks = (p.n + kBlockRows - 1) / kBlockRows;
-  std::vector<double> block_totals(num_blocks);
-  auto run_block = [&](int64_t block) {
-    block_totals[block] = block_kernel_sum<kernel>(x_packed, right, block * kBlockRows,
-                                                   std::min(p.n, (block + 1) * kBlockRows), p.self_pairs,
-                                                   p.exclude_diagonal, constants);
-  };
-  if (p.self_pairs) {
-    // Block b of the triangle holds about n - b * kBlockRows pairs per row: one task takes blocks t and
-    // num_blocks - 1 - t, so that every task (and every thread's contiguous range of tasks) has equal work.
-    at::parallel_for(0, (num_blocks + 1) / 2, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        run_block(task);
-        if (num_blocks - 1 - task != task) run_block(num_blocks - 1 - task);
-      }
-    });
-  } else {
-    at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t block = begin; block < end; ++block) run_block(block);
-    });
-  }
-  double total = 0;
-  for (const double block_total : block_totals) total += block_total;
-  p.out[0] = total;
-}
-
-// gradient += sum_j w_j * (a - b_j) (distance kernels) or sum_j w_j * b_j ("poly"), with w_j =
-// weight[j * weight_stride], over the features [0, num_vecs * W) of one chunk, with the chunk's totals held
-// in registers across the j loop.
-// Even and odd j go to two sets of totals, added at the end: num_vecs chains of fused multiply-adds alone
-// would wait on the FMA latency (4 cycles, 2 units: 8 chains keep them busy).
 constexpr int kChunkVecs = 4;
 
 template <bool dot_product, int num_vecs, typename acc>
@@ -275,8 +173,8 @@ inline void accumulate_block_chunk(int64_t k, acc* gradient, const acc* a_rows, 
   }
 }
 
-// Calls f(i, std::integral_constant<int, rows>) for the rows [row_begin, row_end) of a block in groups of
-// kPairRows, then singly for the remainder.
+// Calls f(i, std::integral_constant<int, rows>) for the rows [row_begin, row_end) in groups of kPairRows,
+// then singly for the remainder.
 template <typename F>
 inline void for_row_groups(int64_t row_begin, int64_t row_end, const F& f) {
   int64_t i = row_begin;
@@ -284,12 +182,13 @@ inline void for_row_groups(int64_t row_begin, int64_t row_end, const F& f) {
   for (; i < row_end; ++i) f(i, std::integral_constant<int, 1>{});
 }
 
-// The backward works on tiles: kBlockRows rows of a (block I) against kBlockRows rows of b (block J, one or
-// more whole panels). Per tile the slopes w_ij = dk/d(statistic) are computed once into a
-// [kBlockRows, kBlockRows] buffer and serve both sides:
+// ---- Tiles ----------------------------------------------------------------------------------------------
+// All the work is done on tiles: kBlockRows rows of a (block I) against kBlockRows rows of b (block J, one
+// or more whole panels). A tile yields the sum of its pair values and, when asked, its slopes
+// w_ij = dk/d(statistic) in a [kBlockRows, kBlockRows] buffer that serves both sides' gradients:
 //   grad_a[i] += sum_j w_ij (a_i - b_j)   (every tile)
-//   grad_b[j] += sum_i w_ij (b_j - a_i)   (with_b_side: the same buffer read transposed, the same accumulation)
-// ("poly": w_ij b_j and w_ij a_i). The gradients are kept in the accumulation type, [count, padded_dim].
+//   grad_b[j] += sum_i w_ij (b_j - a_i)   (with_b_side: the same buffer read transposed)
+// ("poly": w_ij b_j and w_ij a_i), the gradients kept in the accumulation type, [count, padded_dim].
 static_assert(kBlockRows % panel_width<float>() == 0 && kBlockRows % panel_width<double>() == 0,
               "a block of b rows must be whole panels");
 
@@ -298,36 +197,82 @@ struct Tile {
   int64_t b_block;
 };
 
+template <typename acc>
+using TileWeights = acc[kBlockRows][kBlockRows];
+
+// The sum of k over the tile's pairs, and with `weight` (else nullptr) their slopes. For a self sum a is b:
+// an off-diagonal tile (I < J) stands for its pairs in both orders (twice its sum); the diagonal tile
+// (I == J) adds each pair j > i twice and the pairs (i, i) once unless exclude_diagonal, while its slopes
+// cover the whole square (0 on the diagonal when it is excluded), for a's side alone.
 template <PairKernel kernel, typename acc>
-void tile_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Tile tile, bool with_b_side,
-                    bool zero_diagonal, const PairKernelConstants<acc>& constants, acc* grad_a, acc* grad_b) {
+double tile_values(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Tile tile, bool self_pairs,
+                   bool exclude_diagonal, const PairKernelConstants<acc>& constants,
+                   std::type_identity_t<TileWeights<acc>>* weight) {
   constexpr int64_t width = panel_width<acc>();
   constexpr bool dot_product = uses_dot_product<kernel>();
   const int64_t a_begin = tile.a_block * kBlockRows;
   const int64_t a_count = std::min(kBlockRows, a.count - a_begin);
   const int64_t b_begin = tile.b_block * kBlockRows;
   const int64_t b_count = std::min(kBlockRows, b.count - b_begin);
-  alignas(64) acc weight[kBlockRows][kBlockRows];
+  const bool diagonal = self_pairs && tile.a_block == tile.b_block;
+  double row_totals[kBlockRows] = {};
+  double diagonal_total = 0;
   for (int64_t p = b_begin / width; p * width < b_begin + b_count; ++p) {
-    const int64_t column = p * width - b_begin;
-    for_row_groups(a_begin, a_begin + a_count, [&](int64_t i, auto rows_tag) {
+    const int64_t column = p * width - b_begin;  // the tile column of the panel's first lane
+    const int64_t lane_end = std::min(width, b_count - column);
+    for_row_groups(0, a_count, [&](int64_t i, auto rows_tag) {
       constexpr int num_rows = decltype(rows_tag)::value;
       const acc* rows[num_rows];
-      for (int r = 0; r < num_rows; ++r) rows[r] = a.row(i + r);
+      for (int r = 0; r < num_rows; ++r) rows[r] = a.row(a_begin + i + r);
       Vec<acc> statistic[num_rows][kPanelVecs];
       pair_statistics<dot_product>(rows, b.panel(p), a.d, statistic);
       for (int r = 0; r < num_rows; ++r) {
-        acc* row_weight = weight[i + r - a_begin] + column;
+        const int64_t row = i + r;
+        Vec<acc> values[kPanelVecs];
         for (int v = 0; v < kPanelVecs; ++v) {
-          pair_kernel_slope<kernel>(statistic[r][v], constants).store(row_weight + v * Vec<acc>::size());
+          if (weight != nullptr) {
+            Vec<acc> slope;
+            pair_kernel_value_slope<kernel>(statistic[r][v], constants, &values[v], &slope);
+            slope.store((*weight)[row] + column + v * Vec<acc>::size());
+          } else {
+            values[v] = pair_kernel_value<kernel>(statistic[r][v], constants);
+          }
         }
+        // The diagonal tile counts the pairs j > i of a row (lanes from row + 1 on) and its (i, i) apart.
+        const int64_t lane_begin = diagonal ? std::clamp<int64_t>(row + 1 - column, 0, width) : 0;
+        const bool holds_diagonal = diagonal && row >= column && row < column + width;
+        acc total = 0;
+        if (lane_begin == 0 && lane_end == width && !holds_diagonal) {
+          total = lane_sum((values[0] + values[1]) + (values[2] + values[3]));
+        } else {
+          // Some lanes are padding or pairs counted elsewhere: add the valid ones only, so that a masked
+          // lane can never bring a NaN in.
+          alignas(64) acc lanes[width];
+          for (int v = 0; v < kPanelVecs; ++v) values[v].store(lanes + v * Vec<acc>::size());
+          for (int64_t lane = lane_begin; lane < lane_end; ++lane) total += lanes[lane];
+          if (holds_diagonal && !exclude_diagonal) diagonal_total += static_cast<double>(lanes[row - column]);
+        }
+        row_totals[row] += static_cast<double>(total);
       }
     });
   }
-  // Lanes past b_count hold the slopes of zero padding rows: the loops below stop at the counts.
-  if (zero_diagonal) {
-    for (int64_t r = 0; r < a_count; ++r) weight[r][r] = 0;
+  if (weight != nullptr && diagonal && exclude_diagonal) {
+    for (int64_t r = 0; r < a_count; ++r) (*weight)[r][r] = 0;
   }
+  double tile_total = 0;
+  for (int64_t r = 0; r < a_count; ++r) tile_total += row_totals[r];
+  // k is symmetric: each pair i < j of a self sum stands for (i, j) and (j, i).
+  return self_pairs ? 2 * tile_total + diagonal_total : tile_total;
+}
+
+// Adds the tile's gradient terms (see the section comment) from its slopes.
+template <bool dot_product, typename acc>
+void tile_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Tile tile, bool with_b_side,
+                    const TileWeights<acc>& weight, acc* grad_a, acc* grad_b) {
+  const int64_t a_begin = tile.a_block * kBlockRows;
+  const int64_t a_count = std::min(kBlockRows, a.count - a_begin);
+  const int64_t b_begin = tile.b_block * kBlockRows;
+  const int64_t b_count = std::min(kBlockRows, b.count - b_begin);
   const acc* a_rows = a.row(a_begin);
   const acc* b_rows = b.row(b_begin);
   for (int64_t k = 0; k < a.padded_dim; k += kChunkVecs * Vec<acc>::size()) {
@@ -341,9 +286,13 @@ void tile_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Ti
   }
 }
 
+// ---- Schedules ------------------------------------------------------------------------------------------
+// Determinism: the sum is kept per block of a (block_totals[I], added in block order at the end), and every
+// block total, like every gradient row, receives its tiles in one fixed order, the order of the rounds
+// below, whatever the thread count and whether or not the gradient is computed: same bits either way.
+
 // Runs the rounds' tiles, round after round (tiles(round, list) fills the round's list): within a round no
-// two tiles touch the same block of rows, so the tiles of a round run in parallel without a race, and every
-// block receives its contributions in round order whatever the thread count: same bits.
+// two tiles touch the same block of rows, so the tiles of a round run in parallel without a race.
 template <typename Tiles, typename RunTile>
 void run_rounds(int64_t num_rounds, const Tiles& tiles, const RunTile& run_tile) {
   std::vector<Tile> round_tiles;
@@ -356,107 +305,177 @@ void run_rounds(int64_t num_rounds, const Tiles& tiles, const RunTile& run_tile)
   }
 }
 
-// The self sum's gradient in one pass over the triangle: round 0 holds every block's diagonal tile (both
-// sides of its pairs inside the block, a side only); then a round-robin tournament (the circle method; a
-// "bye" block when the count is odd) pairs every two blocks exactly once, each block in at most one tile
-// per round.
-template <PairKernel kernel, typename acc>
-void self_gradients(const PackedOperand<acc>& x, bool exclude_diagonal, const PairKernelConstants<acc>& constants,
-                    acc* gradient) {
-  const int64_t num_blocks = (x.count + kBlockRows - 1) / kBlockRows;
-  const int64_t players = num_blocks + num_blocks % 2;  // the last one is the bye when num_blocks is odd
-  auto tiles = [&](int64_t round, std::vector<Tile>& list) {
+// The self sum's rounds: round 0 holds every block's diagonal tile; then a round-robin tournament (the
+// circle method over an even number of players, the last a "bye" when the block count is odd) pairs every
+// two blocks I < J once, each block in at most one tile per round. Tile (I, J) counts towards block I.
+struct SelfRounds {
+  int64_t num_blocks;
+  int64_t players;  // num_blocks rounded up to even
+  explicit SelfRounds(int64_t count)
+      : num_blocks((count + kBlockRows - 1) / kBlockRows), players(num_blocks + num_blocks % 2) {}
+  int64_t num_rounds() const { return players; }
+  // Round r + 1 pairs player `ring` with r and (r + k) mod ring with (r - k) mod ring for 0 < k < players / 2.
+  void tiles(int64_t round, std::vector<Tile>& list) const {
     if (round == 0) {
       for (int64_t block = 0; block < num_blocks; ++block) list.push_back({block, block});
       return;
     }
-    const int64_t ring = players - 1;  // players 0 .. ring - 1 rotate; player `ring` stays put
+    const int64_t ring = players - 1;
     const int64_t r = round - 1;
     auto add = [&](int64_t first, int64_t second) {
       if (first < num_blocks && second < num_blocks) list.push_back({std::min(first, second), std::max(first, second)});
     };
     add(ring, r);
     for (int64_t k = 1; k < players / 2; ++k) add((r + k) % ring, (r - k + ring) % ring);
-  };
-  run_rounds(players, tiles, [&](Tile tile) {
-    const bool diagonal = tile.a_block == tile.b_block;
-    tile_gradients<kernel>(x, x, tile, !diagonal, diagonal && exclude_diagonal, constants, gradient, gradient);
-  });
-}
+  }
+  // The round of tile (first, second), first < second: the pair sums to 2 r (mod ring), and ring is odd.
+  int64_t round_of(int64_t first, int64_t second) const {
+    const int64_t ring = players - 1;
+    if (second == ring) return first + 1;
+    return (first + second) * ((ring + 1) / 2) % ring + 1;
+  }
+};
 
 // Fewest blocks on the smaller side for which the cross sum's gradient runs as rounds of tiles: a round
 // holds that many tiles, the parallel width. Below it each side is computed on its own (twice the pair
 // statistics, but as wide as the larger side). A constant, never the thread count: same bits.
 constexpr int64_t kMinTilesPerRound = 8;
 
-// The cross sum's gradients: in one pass when both sides have kMinTilesPerRound blocks or more (round r
-// pairs block I of a with block (I + r) mod max(blocks) of b: every pair of blocks once, each block at most
-// once per round); else per side, each side's blocks in parallel against every block of the other.
+// The sum over x's rows with themselves (self) or with y's, and with `gradient` d sum / d x (and d sum /
+// d y into grad_y for the cross sum) without the statistic's constant factor, in the packed row layout.
 template <PairKernel kernel, typename acc>
-void cross_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b,
-                     const PairKernelConstants<acc>& constants, acc* grad_a, acc* grad_b) {
+double self_sum(const PackedOperand<acc>& x, bool exclude_diagonal, const PairKernelConstants<acc>& constants,
+                acc* gradient) {
+  const SelfRounds rounds(x.count);
+  const int64_t num_blocks = rounds.num_blocks;
+  std::vector<double> block_totals(num_blocks, 0.0);
+  if (gradient == nullptr) {
+    // Each block's tiles in the order of the rounds, with no rounds to wait for. Block I holds about
+    // num_blocks - I tiles: one task takes blocks t and num_blocks - 1 - t, so tasks have equal work.
+    auto run_block = [&](int64_t block) {
+      std::vector<std::pair<int64_t, int64_t>> partners;  // (round, other block)
+      for (int64_t other = block + 1; other < num_blocks; ++other) {
+        partners.emplace_back(rounds.round_of(block, other), other);
+      }
+      std::sort(partners.begin(), partners.end());
+      block_totals[block] = tile_values<kernel>(x, x, {block, block}, true, exclude_diagonal, constants, nullptr);
+      for (const auto& partner : partners) {
+        block_totals[block] += tile_values<kernel>(x, x, {block, partner.second}, true, exclude_diagonal,
+                                                   constants, nullptr);
+      }
+    };
+    at::parallel_for(0, (num_blocks + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        run_block(task);
+        if (num_blocks - 1 - task != task) run_block(num_blocks - 1 - task);
+      }
+    });
+  } else {
+    run_rounds(
+        rounds.num_rounds(), [&](int64_t round, std::vector<Tile>& list) { rounds.tiles(round, list); },
+        [&](Tile tile) {
+          alignas(64) TileWeights<acc> weight;
+          const bool diagonal = tile.a_block == tile.b_block;
+          const double value = tile_values<kernel>(x, x, tile, true, exclude_diagonal, constants, &weight);
+          block_totals[tile.a_block] = diagonal ? value : block_totals[tile.a_block] + value;
+          tile_gradients<uses_dot_product<kernel>()>(x, x, tile, !diagonal, weight, gradient, gradient);
+        });
+  }
+  double total = 0;
+  for (const double block_total : block_totals) total += block_total;
+  return total;
+}
+
+// Round r pairs block I of a with block (I + r) mod max(blocks) of b (those that exist): every pair of
+// blocks once, each block at most once per round. Block I's sum receives its tiles in that order.
+template <PairKernel kernel, typename acc>
+double cross_sum(const PackedOperand<acc>& a, const PackedOperand<acc>& b, const PairKernelConstants<acc>& constants,
+                 acc* grad_a, acc* grad_b) {
+  constexpr bool dot_product = uses_dot_product<kernel>();
   const int64_t a_blocks = (a.count + kBlockRows - 1) / kBlockRows;
   const int64_t b_blocks = (b.count + kBlockRows - 1) / kBlockRows;
-  if (std::min(a_blocks, b_blocks) >= kMinTilesPerRound) {
-    const int64_t ring = std::max(a_blocks, b_blocks);
+  const int64_t ring = std::max(a_blocks, b_blocks);
+  std::vector<double> block_totals(a_blocks, 0.0);
+  if (grad_a != nullptr && std::min(a_blocks, b_blocks) >= kMinTilesPerRound) {
     auto tiles = [&](int64_t round, std::vector<Tile>& list) {
-      for (int64_t block = 0; block < ring; ++block) {
+      for (int64_t block = 0; block < a_blocks; ++block) {
         const int64_t other = (block + round) % ring;
-        if (block < a_blocks && other < b_blocks) list.push_back({block, other});
+        if (other < b_blocks) list.push_back({block, other});
       }
     };
     run_rounds(ring, tiles, [&](Tile tile) {
-      tile_gradients<kernel>(a, b, tile, true, false, constants, grad_a, grad_b);
+      alignas(64) TileWeights<acc> weight;
+      block_totals[tile.a_block] += tile_values<kernel>(a, b, tile, false, false, constants, &weight);
+      tile_gradients<dot_product>(a, b, tile, true, weight, grad_a, grad_b);
     });
-    return;
-  }
-  auto one_side = [&](const PackedOperand<acc>& left, const PackedOperand<acc>& right, int64_t left_blocks,
-                      int64_t right_blocks, acc* gradient) {
-    at::parallel_for(0, left_blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t block = begin; block < end; ++block) {
-        for (int64_t other = 0; other < right_blocks; ++other) {
-          tile_gradients<kernel>(left, right, Tile{block, other}, false, false, constants, gradient,
-                                 static_cast<acc*>(nullptr));
+  } else {
+    // Each block of `left` against every block of `right` in round order; a's blocks give the sum (and
+    // a's gradient), then, with the gradient, b's blocks give b's (the same tiles seen from b: k is
+    // symmetric, so d k(a_i, b_j) / d b_j is the left-row gradient with the roles swapped).
+    auto one_side = [&](const PackedOperand<acc>& left, const PackedOperand<acc>& right, acc* gradient,
+                        double* totals) {
+      const int64_t left_blocks = (left.count + kBlockRows - 1) / kBlockRows;
+      const int64_t right_blocks = (right.count + kBlockRows - 1) / kBlockRows;
+      at::parallel_for(0, left_blocks, 1, [&](int64_t begin, int64_t end) {
+        alignas(64) TileWeights<acc> weight;
+        for (int64_t block = begin; block < end; ++block) {
+          for (int64_t round = 0; round < ring; ++round) {
+            const Tile tile{block, (block + round) % ring};
+            if (tile.b_block >= right_blocks) continue;
+            const double value = tile_values<kernel>(left, right, tile, false, false, constants,
+                                                     gradient != nullptr ? &weight : nullptr);
+            if (totals != nullptr) totals[block] += value;
+            if (gradient != nullptr) tile_gradients<dot_product>(left, right, tile, false, weight, gradient, gradient);
+          }
         }
-      }
-    });
-  };
-  one_side(a, b, a_blocks, b_blocks, grad_a);
-  // k is symmetric, so d k(a_i, b_j) / d b_j is the left-row gradient with the roles swapped.
-  one_side(b, a, b_blocks, a_blocks, grad_b);
+      });
+    };
+    one_side(a, b, grad_a, block_totals.data());
+    if (grad_b != nullptr) one_side(b, a, grad_b, nullptr);
+  }
+  double total = 0;
+  for (const double block_total : block_totals) total += block_total;
+  return total;
 }
 
 // out = scale * gradient (kept [count, padded_dim] in the accumulation type), in out's layout and type.
-template <typename acc, typename scalar_t>
-void store_gradient(const std::vector<acc>& gradient, const PackedOperand<acc>& operand, acc scale, scalar_t* out) {
+template <typename acc, typename out_t>
+void store_gradient(const std::vector<acc>& gradient, const PackedOperand<acc>& operand, acc scale, out_t* out) {
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, operand.d));
   at::parallel_for(0, operand.count, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const acc* row_gradient = gradient.data() + row * operand.padded_dim;
-      for (int64_t k = 0; k < operand.d; ++k) out[row * operand.d + k] = static_cast<scalar_t>(scale * row_gradient[k]);
+      for (int64_t k = 0; k < operand.d; ++k) out[row * operand.d + k] = static_cast<out_t>(scale * row_gradient[k]);
     }
   });
 }
 
-template <PairKernel kernel, typename scalar_t>
-void kernel_sum_backward_impl(const KernelSumBackwardParams<scalar_t>& p) {
+// The sum of KernelSumParams and, when grad_x is set, scale * d sum / d x into grad_x (and d sum / d y into
+// grad_y for the cross sum), in out_t (scalar_t for the backward op, the accumulation type for the op
+// that returns the gradient with the sum).
+template <PairKernel kernel, typename scalar_t, typename out_t>
+double pair_sum(const KernelSumParams<scalar_t>& p, acc_t<scalar_t> scale, out_t* grad_x, out_t* grad_y) {
   using acc = acc_t<scalar_t>;
   const auto constants = pair_kernel_constants<acc>(p.scale_constant, p.num_scales, p.d);
+  const bool with_gradient = grad_x != nullptr;
   // d ||a - b||^2 / da = 2 (a - b), d a.b / da = b; the self sum has x on both sides of every pair: twice.
-  const acc statistic_factor = uses_dot_product<kernel>() ? acc(1) : acc(2);
-  const acc grad = static_cast<acc>(*p.grad);
-  const PackedOperand<acc> x_packed = pack_operand<acc>(p.x, p.n, p.d, true, true);
-  std::vector<acc> grad_x(x_packed.count * x_packed.padded_dim, acc(0));
+  const acc factor = (uses_dot_product<kernel>() ? acc(1) : acc(2)) * (p.self_pairs ? acc(2) : acc(1)) * scale;
+  // Panels of x for the self sum, and for b's side of the cross sum's gradient tiles (x and y swapped).
+  const PackedOperand<acc> x_packed = pack_operand<acc>(p.x, p.n, p.d, true, p.self_pairs || with_gradient);
+  std::vector<acc> x_gradient(with_gradient ? x_packed.count * x_packed.padded_dim : 0, acc(0));
+  acc* x_gradient_data = with_gradient ? x_gradient.data() : nullptr;
+  double total;
   if (p.self_pairs) {
-    self_gradients<kernel>(x_packed, p.exclude_diagonal, constants, grad_x.data());
-    store_gradient(grad_x, x_packed, 2 * statistic_factor * grad, p.grad_x);
-    return;
+    total = self_sum<kernel>(x_packed, p.exclude_diagonal, constants, x_gradient_data);
+  } else {
+    const PackedOperand<acc> y_packed = pack_operand<acc>(p.y, p.m, p.d, with_gradient, true);
+    std::vector<acc> y_gradient(with_gradient ? y_packed.count * y_packed.padded_dim : 0, acc(0));
+    total = cross_sum<kernel>(x_packed, y_packed, constants, x_gradient_data,
+                              with_gradient ? y_gradient.data() : nullptr);
+    if (with_gradient) store_gradient(y_gradient, y_packed, factor, grad_y);
   }
-  const PackedOperand<acc> y_packed = pack_operand<acc>(p.y, p.m, p.d, true, true);
-  std::vector<acc> grad_y(y_packed.count * y_packed.padded_dim, acc(0));
-  cross_gradients<kernel>(x_packed, y_packed, constants, grad_x.data(), grad_y.data());
-  store_gradient(grad_x, x_packed, statistic_factor * grad, p.grad_x);
-  store_gradient(grad_y, y_packed, statistic_factor * grad, p.grad_y);
+  if (with_gradient) store_gradient(x_gradient, x_packed, factor, grad_x);
+  return total;
 }
 
 template <typename Params, typename Run>
@@ -476,12 +495,36 @@ void dispatch_pair_kernel(const Params& p, const Run& run) {
 
 template <typename scalar_t>
 void kernel_sum_forward(const KernelSumParams<scalar_t>& p) {
-  dispatch_pair_kernel(p, [&](auto kernel) { kernel_sum_forward_impl<decltype(kernel)::value>(p); });
+  dispatch_pair_kernel(p, [&](auto kernel) {
+    p.out[0] = pair_sum<decltype(kernel)::value>(p, acc_t<scalar_t>(1), static_cast<scalar_t*>(nullptr),
+                                                 static_cast<scalar_t*>(nullptr));
+  });
+}
+
+// The sum into p.out and d sum / d x, d sum / d y (cross sum) in the accumulation type, from one pass.
+template <typename scalar_t>
+void kernel_sum_with_grad(const KernelSumParams<scalar_t>& p, acc_t<scalar_t>* grad_x, acc_t<scalar_t>* grad_y) {
+  dispatch_pair_kernel(p, [&](auto kernel) {
+    p.out[0] = pair_sum<decltype(kernel)::value>(p, acc_t<scalar_t>(1), grad_x, grad_y);
+  });
 }
 
 template <typename scalar_t>
 void kernel_sum_backward(const KernelSumBackwardParams<scalar_t>& p) {
-  dispatch_pair_kernel(p, [&](auto kernel) { kernel_sum_backward_impl<decltype(kernel)::value>(p); });
+  KernelSumParams<scalar_t> sum;
+  sum.x = p.x;
+  sum.y = p.y;
+  sum.n = p.n;
+  sum.m = p.m;
+  sum.d = p.d;
+  sum.kernel = p.kernel;
+  sum.num_scales = p.num_scales;
+  for (int s = 0; s < kMaxKernelScales; ++s) sum.scale_constant[s] = p.scale_constant[s];
+  sum.self_pairs = p.self_pairs;
+  sum.exclude_diagonal = p.exclude_diagonal;
+  const auto grad = static_cast<acc_t<scalar_t>>(*p.grad);
+  // The sum comes with the slopes at a few per cent of the pass; it is not needed here.
+  dispatch_pair_kernel(p, [&](auto kernel) { pair_sum<decltype(kernel)::value>(sum, grad, p.grad_x, p.grad_y); });
 }
 
 }  // namespace cpu
