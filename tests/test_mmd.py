@@ -16,7 +16,7 @@ from vaefast import _backend
 from vaefast.ops import reference
 
 from .conftest import assert_close64, assert_earned, max_error
-from .op_testing import assert_same_bits_at_1_and_2_threads
+from .op_testing import assert_same_bits_at_1_and_2_threads, same_bits
 
 KERNELS = ("imq", "rbf", "poly")
 COMPILED = _backend.compiled("kernel_sum_self", torch.device("cpu"))
@@ -135,7 +135,11 @@ def test_opcheck(dtype, kernel):
         torch.library.opcheck(
             ops.kernel_sum_self_backward.default, (grad, x.detach(), kernel, scales, bandwidth, exclude_diagonal)
         )
+        torch.library.opcheck(
+            ops.kernel_sum_self_with_grad.default, (x.detach(), kernel, scales, bandwidth, exclude_diagonal)
+        )
     torch.library.opcheck(ops.kernel_sum_cross.default, (x, y, kernel, scales, bandwidth))
+    torch.library.opcheck(ops.kernel_sum_cross_with_grad.default, (x.detach(), y.detach(), kernel, scales, bandwidth))
     torch.library.opcheck(ops.kernel_sum_cross_backward.default, (grad, x.detach(), y.detach(), kernel, scales, bandwidth))
 
 
@@ -353,6 +357,35 @@ def test_mmd_property_against_reference(n, m, d, kernel, unbiased, dtype, spread
     else:
         budget = 1e-12 * terms_size
     assert max_error(actual, truth) <= budget
+
+
+@needs_compiled
+@pytest.mark.parametrize("n, m", [(33, 5), (257, 70), (300, 290), (300, 520)])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_with_grad_ops_agree_with_the_sum_and_the_backward_ops(kernel, n, m):
+    # Autograd runs the *_with_grad ops when an input requires grad: their sums must be the plain sums bit
+    # for bit (same tiles, same order), so a loss does not depend on whether it is differentiated; their
+    # gradients (at an incoming gradient of 1) must be the backward ops'. Sizes: one block and a partial
+    # one; 9 (odd) and 3 blocks, the cross gradient side by side; 10 and 17 blocks, in rounds of tiles.
+    # float64: float32 tiles give sums of few significant bits, which double adds exactly in any order.
+    x, y = samples(n, m, 6)
+    scales, bandwidth, one = [0.5, 1.0, 2.0], 1.3, torch.ones((), dtype=torch.float64)
+    ops = torch.ops.vaefast
+    for exclude_diagonal in (True, False):
+        total, grad_x = ops.kernel_sum_self_with_grad(x, kernel, scales, bandwidth, exclude_diagonal)
+        assert same_bits(total, ops.kernel_sum_self(x, kernel, scales, bandwidth, exclude_diagonal))
+        expected = ops.kernel_sum_self_backward(one, x, kernel, scales, bandwidth, exclude_diagonal)
+        torch.testing.assert_close(grad_x, expected, rtol=1e-13, atol=1e-13 * float(expected.abs().max()))
+    total, grad_x, grad_y = ops.kernel_sum_cross_with_grad(x, y, kernel, scales, bandwidth)
+    assert same_bits(total, ops.kernel_sum_cross(x, y, kernel, scales, bandwidth))
+    for actual, expected in zip((grad_x, grad_y), ops.kernel_sum_cross_backward(one, x, y, kernel, scales, bandwidth)):
+        torch.testing.assert_close(actual, expected, rtol=1e-13, atol=1e-13 * float(expected.abs().max()))
+    # The gradients come in float32 for float32 (and half) inputs, to be rounded once after scaling.
+    assert ops.kernel_sum_self_with_grad(x.float(), kernel, scales, bandwidth, True)[1].dtype == torch.float32
+    # And through autograd: the estimator's value with and without a graph.
+    with torch.no_grad():
+        plain = vaefast.mmd(x, y, kernel=kernel)
+    assert same_bits(vaefast.mmd(x.requires_grad_(), y, kernel=kernel).detach(), plain)
 
 
 @needs_compiled

@@ -15,7 +15,8 @@ OPS = (
     "gaussian_kl", "gaussian_kl_backward",
     "reparameterize_kl", "reparameterize_kl_backward",
     "gaussian_nll", "gaussian_nll_backward",
-    "kernel_sum_self", "kernel_sum_self_backward", "kernel_sum_cross", "kernel_sum_cross_backward",
+    "kernel_sum_self", "kernel_sum_self_with_grad", "kernel_sum_self_backward",
+    "kernel_sum_cross", "kernel_sum_cross_with_grad", "kernel_sum_cross_backward",
 )
 
 BACKEND = os.environ.get("VAEFAST_BACKEND", "auto")

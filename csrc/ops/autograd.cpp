@@ -230,12 +230,13 @@ struct GaussianNll : public torch::autograd::Function<GaussianNll> {
 };
 
 // ---- kernel_sum_self, kernel_sum_cross (MMD) --------------------------------------------------------------
-// The kernel description (name, scales, bandwidth) is kept in saved_data: no tensors, nothing to save.
+// When an input requires grad, the forward runs the *_with_grad op: the sum and d sum / d inputs from one
+// pass over the pairs (the backward would otherwise recompute every pair statistic and kernel division), and
+// saves those gradients; the backward scales them by the incoming gradient. The inputs are saved too, for
+// once_differentiable's double-backward error only. Without grad, the plain sum (same bits).
 
-void save_kernel(AutogradContext* ctx, c10::string_view kernel, at::ArrayRef<double> scales, double bandwidth) {
-  ctx->saved_data["kernel"] = std::string(kernel);
-  ctx->saved_data["scales"] = scales.vec();
-  ctx->saved_data["bandwidth"] = bandwidth;
+at::Tensor scaled_grad(const at::Tensor& unit_grad, const at::Tensor& grad, const at::Tensor& input) {
+  return (unit_grad * grad).to(input.scalar_type());
 }
 
 struct KernelSumSelf : public torch::autograd::Function<KernelSumSelf> {
@@ -243,24 +244,18 @@ struct KernelSumSelf : public torch::autograd::Function<KernelSumSelf> {
                             at::ArrayRef<double> scales, double bandwidth, bool exclude_diagonal) {
     static const auto op = op_handle<at::Tensor(const at::Tensor&, c10::string_view, at::ArrayRef<double>, double,
                                                 bool)>("vaefast::kernel_sum_self");
+    static const auto with_grad_op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, c10::string_view, at::ArrayRef<double>, double, bool)>("vaefast::kernel_sum_self_with_grad");
     at::AutoDispatchBelowADInplaceOrView below;
-    ctx->save_for_backward({x});
-    save_kernel(ctx, kernel, scales, bandwidth);
-    ctx->saved_data["exclude_diagonal"] = exclude_diagonal;
-    return op.call(x, kernel, scales, bandwidth, exclude_diagonal);
+    if (!x.requires_grad()) return op.call(x, kernel, scales, bandwidth, exclude_diagonal);
+    auto [total, unit_grad_x] = with_grad_op.call(x, kernel, scales, bandwidth, exclude_diagonal);
+    ctx->save_for_backward({unit_grad_x, x});
+    return total;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto backward_op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
-                                                         at::ArrayRef<double>, double, bool)>(
-        "vaefast::kernel_sum_self_backward");
     return once_differentiable("vaefast::kernel_sum_self", ctx, grads, [&]() -> variable_list {
       const auto saved = ctx->get_saved_variables();
-      const std::string kernel = ctx->saved_data["kernel"].toStringRef();
-      const std::vector<double> scales = ctx->saved_data["scales"].toDoubleVector();
-      at::Tensor grad_x = backward_op.call(grads[0], saved[0], kernel, scales,
-                                           ctx->saved_data["bandwidth"].toDouble(),
-                                           ctx->saved_data["exclude_diagonal"].toBool());
-      return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+      return {scaled_grad(saved[0], grads[0], saved[1]), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     });
   }
 };
@@ -270,21 +265,21 @@ struct KernelSumCross : public torch::autograd::Function<KernelSumCross> {
                             at::ArrayRef<double> scales, double bandwidth) {
     static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
                                                 at::ArrayRef<double>, double)>("vaefast::kernel_sum_cross");
+    static const auto with_grad_op = op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, c10::string_view, at::ArrayRef<double>, double)>(
+        "vaefast::kernel_sum_cross_with_grad");
     at::AutoDispatchBelowADInplaceOrView below;
-    ctx->save_for_backward({x, y});
-    save_kernel(ctx, kernel, scales, bandwidth);
-    return op.call(x, y, kernel, scales, bandwidth);
+    if (!x.requires_grad() && !y.requires_grad()) return op.call(x, y, kernel, scales, bandwidth);
+    auto [total, unit_grad_x, unit_grad_y] = with_grad_op.call(x, y, kernel, scales, bandwidth);
+    ctx->save_for_backward({unit_grad_x, unit_grad_y, x, y});
+    return total;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto backward_op = op_handle<std::tuple<at::Tensor, at::Tensor>(
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, at::ArrayRef<double>, double)>(
-        "vaefast::kernel_sum_cross_backward");
     return once_differentiable("vaefast::kernel_sum_cross", ctx, grads, [&]() -> variable_list {
       const auto saved = ctx->get_saved_variables();
-      const std::string kernel = ctx->saved_data["kernel"].toStringRef();
-      const std::vector<double> scales = ctx->saved_data["scales"].toDoubleVector();
-      auto [grad_x, grad_y] = backward_op.call(grads[0], saved[0], saved[1], kernel, scales,
-                                               ctx->saved_data["bandwidth"].toDouble());
+      at::Tensor grad_x, grad_y;
+      if (needs(ctx, 0)) grad_x = scaled_grad(saved[0], grads[0], saved[2]);
+      if (needs(ctx, 1)) grad_y = scaled_grad(saved[1], grads[0], saved[3]);
       return {grad_x, grad_y, at::Tensor(), at::Tensor(), at::Tensor()};
     });
   }

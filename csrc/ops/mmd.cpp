@@ -1,5 +1,8 @@
 // vaefast::kernel_sum_self and vaefast::kernel_sum_cross: the pairwise kernel sums that the MMD estimators
-// (vaefast/ops/mmd.py) are composed of, and their backward ops.
+// (vaefast/ops/mmd.py) are composed of; their *_with_grad variants, which return d sum / d inputs with the
+// sum (what autograd runs when an input requires grad: on the CPU one pass computes the pair statistics
+// and kernel divisions once for both); and their backward ops (the gradients at a given incoming gradient,
+// without the sum: part of the op set for users of the raw ops; autograd runs *_with_grad).
 #include "../cpu/mmd_cpu.h"
 #include "op_common.h"
 
@@ -175,6 +178,92 @@ at::Tensor kernel_sum_self_backward(const at::Tensor& grad, const at::Tensor& x,
   return grad_x;
 }
 
+// The dtype of the *_with_grad ops' gradients: the accumulation type, so that autograd's scaling by the
+// incoming gradient rounds once into half or bfloat16, not twice.
+at::ScalarType unit_grad_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The sum and, for x (and y unless self), d sum / d input in unit_grad_dtype: one pass on the CPU; on CUDA
+// the forward kernel and then the backward kernels at an incoming gradient of 1.
+template <typename scalar_t>
+void run_kernel_sum_with_grad(const KernelSumParams<scalar_t>& params, const at::Tensor& x, const at::Tensor* y,
+                              at::Tensor& grad_x, at::Tensor* grad_y) {
+  using acc = acc_t<scalar_t>;
+#ifdef VAEFAST_WITH_CUDA
+  if (x.is_cuda()) {
+    run_kernel_sum(params, x);
+    const at::Tensor one = at::ones({}, x.options().dtype(at::kDouble));
+    KernelSumBackwardParams<scalar_t> backward;
+    backward.grad = one.const_data_ptr<double>();
+    backward.x = params.x;
+    backward.y = params.y;
+    copy_pairs(backward, params);
+    const at::Tensor grad_x_typed = at::empty(x.sizes(), x.options());
+    backward.grad_x = grad_x_typed.mutable_data_ptr<scalar_t>();
+    at::Tensor grad_y_typed;
+    if (y != nullptr) {
+      grad_y_typed = at::empty(y->sizes(), y->options());
+      backward.grad_y = grad_y_typed.mutable_data_ptr<scalar_t>();
+    }
+    run_kernel_sum_backward(backward, x);
+    grad_x.copy_(grad_x_typed);
+    if (y != nullptr) grad_y->copy_(grad_y_typed);
+    return;
+  }
+#endif
+  (void)y;
+  cpu::kernel_sum_with_grad(params, grad_x.mutable_data_ptr<acc>(),
+                            grad_y != nullptr ? grad_y->mutable_data_ptr<acc>() : nullptr);
+}
+
+// [n, d] -> (0-dim float64 sum as kernel_sum_self, d sum / d x [n, d] in float32, float64 for float64 x)
+std::tuple<at::Tensor, at::Tensor> kernel_sum_self_with_grad(const at::Tensor& x, c10::string_view kernel,
+                                                             at::ArrayRef<double> scales, double bandwidth,
+                                                             bool exclude_diagonal) {
+  check_rows(x, "x");
+  check_device(x, "kernel_sum_self_with_grad");
+  at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
+  at::Tensor grad_x = at::zeros(x.sizes(), x.options().dtype(unit_grad_dtype(x)));
+  if (x.size(0) == 0) return {total, grad_x};
+  const at::Tensor x_c = x.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_self_with_grad", [&] {
+    KernelSumParams<scalar_t> params;
+    fill_pairs(params, x, nullptr, kernel, scales, bandwidth, exclude_diagonal);
+    params.x = x_c.const_data_ptr<scalar_t>();
+    params.y = params.x;
+    params.out = total.mutable_data_ptr<double>();
+    run_kernel_sum_with_grad(params, x, nullptr, grad_x, nullptr);
+  });
+  return {total, grad_x};
+}
+
+// [n, d], [m, d] -> (0-dim float64 sum as kernel_sum_cross, d sum / d x [n, d], d sum / d y [m, d]), the
+// gradients in float32 (float64 for float64 inputs)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_sum_cross_with_grad(const at::Tensor& x, const at::Tensor& y,
+                                                                          c10::string_view kernel,
+                                                                          at::ArrayRef<double> scales,
+                                                                          double bandwidth) {
+  check_rows(x, "x");
+  check_rows_like(y, x);
+  check_device(x, "kernel_sum_cross_with_grad");
+  at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
+  at::Tensor grad_x = at::zeros(x.sizes(), x.options().dtype(unit_grad_dtype(x)));
+  at::Tensor grad_y = at::zeros(y.sizes(), y.options().dtype(unit_grad_dtype(x)));
+  if (x.size(0) == 0 || y.size(0) == 0) return {total, grad_x, grad_y};
+  const at::Tensor x_c = x.contiguous();
+  const at::Tensor y_c = y.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::kernel_sum_cross_with_grad", [&] {
+    KernelSumParams<scalar_t> params;
+    fill_pairs(params, x, &y, kernel, scales, bandwidth, /*exclude_diagonal=*/false);
+    params.x = x_c.const_data_ptr<scalar_t>();
+    params.y = y_c.const_data_ptr<scalar_t>();
+    params.out = total.mutable_data_ptr<double>();
+    run_kernel_sum_with_grad(params, x, &y, grad_x, &grad_y);
+  });
+  return {total, grad_x, grad_y};
+}
+
 // [n, d], [m, d] -> 0-dim float64: sum over all n * m pairs of k(x_i, y_j)
 at::Tensor kernel_sum_cross(const at::Tensor& x, const at::Tensor& y, c10::string_view kernel,
                             at::ArrayRef<double> scales, double bandwidth) {
@@ -231,7 +320,13 @@ TORCH_LIBRARY_FRAGMENT(vaefast, m) {
   m.def(
       "kernel_sum_self_backward(Tensor grad, Tensor x, str kernel, float[] scales, float bandwidth, "
       "bool exclude_diagonal) -> Tensor");
+  m.def(
+      "kernel_sum_self_with_grad(Tensor x, str kernel, float[] scales, float bandwidth, bool exclude_diagonal) "
+      "-> (Tensor, Tensor)");
   m.def("kernel_sum_cross(Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) -> Tensor");
+  m.def(
+      "kernel_sum_cross_with_grad(Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "kernel_sum_cross_backward(Tensor grad, Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) "
       "-> (Tensor, Tensor)");
@@ -240,16 +335,20 @@ TORCH_LIBRARY_FRAGMENT(vaefast, m) {
 TORCH_LIBRARY_IMPL(vaefast, CPU, m) {
   m.impl("kernel_sum_self", &kernel_sum_self);
   m.impl("kernel_sum_self_backward", &kernel_sum_self_backward);
+  m.impl("kernel_sum_self_with_grad", &kernel_sum_self_with_grad);
   m.impl("kernel_sum_cross", &kernel_sum_cross);
   m.impl("kernel_sum_cross_backward", &kernel_sum_cross_backward);
+  m.impl("kernel_sum_cross_with_grad", &kernel_sum_cross_with_grad);
 }
 
 #ifdef VAEFAST_WITH_CUDA
 TORCH_LIBRARY_IMPL(vaefast, CUDA, m) {
   m.impl("kernel_sum_self", &kernel_sum_self);
   m.impl("kernel_sum_self_backward", &kernel_sum_self_backward);
+  m.impl("kernel_sum_self_with_grad", &kernel_sum_self_with_grad);
   m.impl("kernel_sum_cross", &kernel_sum_cross);
   m.impl("kernel_sum_cross_backward", &kernel_sum_cross_backward);
+  m.impl("kernel_sum_cross_with_grad", &kernel_sum_cross_with_grad);
 }
 #endif
 

@@ -11,6 +11,13 @@ import torch
 from .. import _backend
 from . import checks, reference
 
+
+def _unit_grad_dtype(x):
+    """The *_with_grad ops' gradient dtype: float64 for float64 inputs, else float32 (rounded to the input's
+    dtype once, after autograd scales it)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 if _backend._C is not None:
 
     @torch.library.register_fake("vaefast::kernel_sum_self")
@@ -21,15 +28,26 @@ if _backend._C is not None:
     def _(grad, x, kernel, scales, bandwidth, exclude_diagonal):
         return x.new_empty(x.shape)
 
+    @torch.library.register_fake("vaefast::kernel_sum_self_with_grad")
+    def _(x, kernel, scales, bandwidth, exclude_diagonal):
+        return x.new_empty((), dtype=torch.float64), x.new_empty(x.shape, dtype=_unit_grad_dtype(x))
+
     @torch.library.register_fake("vaefast::kernel_sum_cross")
     def _(x, y, kernel, scales, bandwidth):
         return x.new_empty((), dtype=torch.float64)
+
+    @torch.library.register_fake("vaefast::kernel_sum_cross_with_grad")
+    def _(x, y, kernel, scales, bandwidth):
+        dtype = _unit_grad_dtype(x)
+        return x.new_empty((), dtype=torch.float64), x.new_empty(x.shape, dtype=dtype), y.new_empty(y.shape, dtype=dtype)
 
     @torch.library.register_fake("vaefast::kernel_sum_cross_backward")
     def _(grad, x, y, kernel, scales, bandwidth):
         return x.new_empty(x.shape), y.new_empty(y.shape)
 
-    # Autograd: csrc/ops/autograd.cpp (saves the points; the backward ops never form an [n, m] matrix).
+    # Autograd: csrc/ops/autograd.cpp. With an input that requires grad it runs the *_with_grad op (the sum
+    # and its gradients from one pass over the pairs) and the backward scales the saved gradients; neither
+    # ever forms an [n, m] matrix.
 
 
 def _check_kernel_arguments(kernel, scales, bandwidth):
