@@ -2,6 +2,10 @@
 // in csrc/ops adds its schemas with TORCH_LIBRARY_FRAGMENT) and exposes how this binary was built.
 #include <torch/extension.h>
 
+#ifdef VAEFAST_WITH_CUDA
+#include <cuda.h>  // CUDA_VERSION: torch/extension.h does not include the driver API header
+#endif
+
 #ifndef VAEFAST_VERSION
 #define VAEFAST_VERSION "unknown"
 #endif
