@@ -188,4 +188,18 @@ struct KernelSumBackwardParams {
   bool exclude_diagonal = false;
 };
 
+// Copies the pair geometry and kernel constants every kernel-sum params struct shares (between the forward
+// and backward structs, or from the CPU element type's struct to CUDA's).
+template <typename Dst, typename Src>
+void copy_pairs(Dst& dst, const Src& src) {
+  dst.n = src.n;
+  dst.m = src.m;
+  dst.d = src.d;
+  dst.kernel = src.kernel;
+  dst.num_scales = src.num_scales;
+  for (int s = 0; s < kMaxKernelScales; ++s) dst.scale_constant[s] = src.scale_constant[s];
+  dst.self_pairs = src.self_pairs;
+  dst.exclude_diagonal = src.exclude_diagonal;
+}
+
 }  // namespace vaefast

@@ -514,14 +514,7 @@ void kernel_sum_backward(const KernelSumBackwardParams<scalar_t>& p) {
   KernelSumParams<scalar_t> sum;
   sum.x = p.x;
   sum.y = p.y;
-  sum.n = p.n;
-  sum.m = p.m;
-  sum.d = p.d;
-  sum.kernel = p.kernel;
-  sum.num_scales = p.num_scales;
-  for (int s = 0; s < kMaxKernelScales; ++s) sum.scale_constant[s] = p.scale_constant[s];
-  sum.self_pairs = p.self_pairs;
-  sum.exclude_diagonal = p.exclude_diagonal;
+  copy_pairs(sum, p);
   const auto grad = static_cast<acc_t<scalar_t>>(*p.grad);
   // The sum comes with the slopes at a few per cent of the pass; it is not needed here.
   dispatch_pair_kernel(p, [&](auto kernel) { pair_sum<decltype(kernel)::value>(sum, grad, p.grad_x, p.grad_y); });

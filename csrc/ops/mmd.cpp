@@ -71,21 +71,6 @@ void fill_pairs(Params& params, const at::Tensor& x, const at::Tensor* y, c10::s
   params.exclude_diagonal = exclude_diagonal;
 }
 
-#ifdef VAEFAST_WITH_CUDA
-// The same fields, from the params filled for the CPU element type into those for CUDA's.
-template <typename Dst, typename Src>
-void copy_pairs(Dst& dst, const Src& src) {
-  dst.n = src.n;
-  dst.m = src.m;
-  dst.d = src.d;
-  dst.kernel = src.kernel;
-  dst.num_scales = src.num_scales;
-  for (int s = 0; s < kMaxKernelScales; ++s) dst.scale_constant[s] = src.scale_constant[s];
-  dst.self_pairs = src.self_pairs;
-  dst.exclude_diagonal = src.exclude_diagonal;
-}
-#endif
-
 void check_device(const at::Tensor& x, const char* op) {
   TORCH_CHECK(has_kernel(x), "vaefast::", op, ": no kernel for device ", x.device());
 }
