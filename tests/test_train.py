@@ -280,6 +280,47 @@ def test_optimizer_is_fused_adam_with_plain_adams_updates():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("setup", ["plain", "weight_decay", "amsgrad", "two_groups", "float64"])
+def test_adam_step_shortcut_is_adam_step_bit_for_bit(setup):
+    # The loop's optimizer step (_AdamStep: torch's fused kernel called directly) against Adam.step() on
+    # a copy: same parameters and moments after every step, with a halving lr, a step where one parameter
+    # has no gradient, and optimizers the shortcut must leave to Adam.step() (amsgrad, two groups).
+    from vaefast.train import _AdamStep
+    dtype = torch.float64 if setup == "float64" else torch.float32
+    shapes = [(5, 3), (3,), (7, 5), ()]
+    ours = [nn.Parameter(torch.randn(shape, dtype=dtype)) for shape in shapes]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    options = dict(lr=1e-2, fused=True, weight_decay=0.1 if setup == "weight_decay" else 0.0,
+                   amsgrad=setup == "amsgrad")
+
+    def adam(params):
+        groups = [{"params": params[:2]}, {"params": params[2:]}] if setup == "two_groups" else params
+        return torch.optim.Adam(groups, **options)
+
+    optimizer, reference = adam(ours), adam(theirs)
+    calls = []
+    optimizer.register_step_pre_hook(lambda *args: calls.append(1))  # counts the steps Adam.step() took
+    schedules = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (optimizer, reference)]
+    step = _AdamStep(optimizer)
+    for t in range(7):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        if t == 3:
+            ours[1].grad = theirs[1].grad = None
+        step()
+        reference.step()
+        for schedule in schedules:
+            schedule.step()
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b), (setup, t)
+            state, expected = optimizer.state[a], reference.state[b]
+            assert all(torch.equal(state[k], expected[k]) for k in expected), (setup, t)
+    shortcut = setup in ("plain", "weight_decay", "float64")
+    # Adam.step() ran for the first step and the one with a missing gradient only, where the shortcut applies.
+    assert len(calls) == (2 if shortcut else 7)
+
+
 def test_amp_autocasts_the_forward_to_bf16_and_keeps_float32_parameters():
     seen = []
 

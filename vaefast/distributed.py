@@ -5,6 +5,7 @@ Under `torchrun --nproc_per_node=P` (WORLD_SIZE > 1) every rank holds the whole 
 permutation from the same seed and takes every P-th index of it, so the ranks see disjoint batches of
 batch_size each (a global batch of P * batch_size). Single-process runs never touch torch.distributed.
 """
+import math
 import os
 from dataclasses import dataclass
 
@@ -55,6 +56,10 @@ def gather_rows(z):
 def all_finite(loss, context):
     """True when the loss is finite on every rank (one host sync; one all-reduce under DDP, so that all
     ranks skip a bad step together and DDP's gradient buckets stay in step)."""
+    if context.world_size == 1:
+        # The loss's value is what the host needs: one copy, then Python's isfinite (three tensor ops fewer,
+        # ~25 us a step on CPU).
+        return math.isfinite(loss.item())
     flag = torch.isfinite(loss.detach()).to(torch.int32)
     if context.world_size > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)

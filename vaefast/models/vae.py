@@ -149,12 +149,13 @@ class VAE(nn.Module):
         log_gamma = self.current_log_gamma(x, x_hat)
         return vaefast.gaussian_nll(x, x_hat, log_gamma, reduction="none"), x_hat, log_gamma
 
-    def kl_weight(self) -> Tensor:
-        """beta * min(1, t / kl_warmup_steps) after t training steps, beta without warm-up: a 0-dim float64
-        tensor (no host sync; float64 so that a float64 model's loss is not rounded through float32)."""
-        beta = torch.full((), self.config.beta, dtype=torch.float64, device=self.training_steps.device)
+    def kl_weight(self) -> Union[float, Tensor]:
+        """beta * min(1, t / kl_warmup_steps) after t training steps. Without warm-up, beta itself (a Python
+        float: multiplying by it costs no tensor op to build it); with warm-up, a 0-dim float64 tensor (no host
+        sync; float64 so that a float64 model's loss is not rounded through float32)."""
         if self.config.kl_warmup_steps == 0:
-            return beta
+            return float(self.config.beta)
+        beta = torch.full((), self.config.beta, dtype=torch.float64, device=self.training_steps.device)
         return beta * (self.training_steps.double() / self.config.kl_warmup_steps).clamp(max=1.0)
 
     def forward(self, x: Tensor, labels: Optional[Tensor] = None) -> ModelOutput:
@@ -170,7 +171,11 @@ class VAE(nn.Module):
         z, kl = vaefast.reparameterize_kl(mu, logvar)
         nll, x_hat, log_gamma = self.reconstruction(x, z, condition)
         nll = nll.mean()
-        loss = nll + self.kl_weight().to(kl.dtype) * kl
+        weight = self.kl_weight()
+        if isinstance(weight, Tensor):
+            weight = weight.to(kl.dtype)
+        # beta = 1 (the ELBO, the default) adds kl as it is: the same bits as 1.0 * kl, one op fewer.
+        loss = nll + (kl if isinstance(weight, float) and weight == 1.0 else weight * kl)
         if self.training:
             self.training_steps += 1
         gamma = None if log_gamma is None else log_gamma.detach().exp()
