@@ -204,8 +204,9 @@ def test_distinct_offsets_give_distinct_streams():
 
 
 @needs_compiled
-def test_deterministic_across_thread_counts():
-    mu, logvar = make_inputs((257, 300), torch.float32, requires_grad=False)
+@pytest.mark.parametrize("shape", [(257, 300), (64, 64), (40, 100)], ids=str)
+def test_deterministic_across_thread_counts(shape):
+    mu, logvar = make_inputs(shape, torch.float32, requires_grad=False)
 
     def run():
         z = vaefast.reparameterize_philox(mu, logvar, 3, 8, num_samples=2)

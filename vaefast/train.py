@@ -318,24 +318,25 @@ class _AdamStep:
     parameter, regrouping the tensors by device and dtype), 2-3% of a small VAE's step at batch 64. Here the
     same kernel, torch._fused_adam_, gets the same tensors and arguments Adam.step() would hand it (the
     optimizer's own state, so checkpoints and the scheduler's lr work as before): the same update, bit for
-    bit (tests/test_train.py). Any step the shortcut does not cover exactly -- the first (Adam creates its
+    bit (tests/test_train.py); the step counts advance with one op instead of torch._foreach_add_'s one per
+    parameter. Any step the shortcut does not cover exactly -- the first (Adam creates its
     state there), one where a parameter has no gradient, or an optimizer set up otherwise (several groups,
     devices or dtypes, amsgrad, a tensor lr, a grad scaler, ...) -- is Adam.step() itself.
     """
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
-        self.tensors = None  # (params, exp_avgs, exp_avg_sqs, steps) once the shortcut applies
+        self.tensors = None  # (params, exp_avgs, exp_avg_sqs, steps, counts) once the shortcut applies
 
     def __call__(self):
         if self.tensors is not None:
-            params, exp_avgs, exp_avg_sqs, steps = self.tensors
+            params, exp_avgs, exp_avg_sqs, steps, counts = self.tensors
             grads = [p.grad for p in params]
             if all(grad is not None for grad in grads):
                 group = self.optimizer.param_groups[0]
                 beta1, beta2 = group["betas"]
                 with torch.no_grad():
-                    torch._foreach_add_(steps, 1)
+                    counts.add_(1)  # every parameter's step count (steps are views of counts)
                     torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
                                        lr=group["lr"], beta1=beta1, beta2=beta2,
                                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
@@ -361,7 +362,14 @@ class _AdamStep:
         if len({(p.device, p.dtype) for p in params}) != 1:
             return None
         states = [optimizer.state[p] for p in params]
-        return params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
+        # The per-parameter step counts become views of one tensor, so that a step advances them with one
+        # add_ (torch._foreach_add_ over 0-dim CPU tensors is a loop of ops, ~40 us for a dozen); Adam.step()
+        # and checkpoints see the same values through the views.
+        counts = torch.stack([s["step"] for s in states])
+        for index, s in enumerate(states):
+            s["step"] = counts[index]
+        return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states], counts)
 
 
 def _trainable_part(model, stage):

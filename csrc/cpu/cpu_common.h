@@ -136,6 +136,10 @@ inline acc chunk_sum(int64_t begin, int64_t end, const VecTerm& vec_term, const 
 constexpr int64_t kReduceChunk = 8192;
 // Elements a thread should own at least (at::parallel_for's grain), about 64 KB of float32 input.
 constexpr int64_t kGrainElements = 16384;
+// The same for kernels that draw noise: Philox, log, sqrt and sincos cost ~12 ns an element on one core
+// (about ten times a plain elementwise op's), so a second thread pays off ten times sooner. A VAE head of
+// [64, 64] latents (4096 elements, ~50 us on one core) is two tasks instead of one.
+constexpr int64_t kNoiseGrainElements = 2048;
 
 // Columns at which parallel_row_segments may split a row: a multiple of every Vectorized width (at most 64
 // lanes), so each element falls in a kernel's vector body or its scalar tail whatever the thread count.
@@ -183,10 +187,10 @@ void parallel_row_segments(int64_t rows, int64_t cols, const F& f) {
 // noise, drawn a tile at a time across short rows). The items, and so the bits, are those of the plain form.
 template <typename acc, typename MakeChunkSum>
 void deterministic_row_sums_with_state(int64_t rows, int64_t cols, const MakeChunkSum& make_chunk_sum,
-                                       acc* row_totals) {
+                                       acc* row_totals, int64_t grain_elements = kGrainElements) {
   const int64_t chunks = std::max<int64_t>(1, (cols + kReduceChunk - 1) / kReduceChunk);
   const int64_t chunk_cols = std::max<int64_t>(1, std::min(cols, kReduceChunk));
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / chunk_cols);
+  const int64_t grain = std::max<int64_t>(1, grain_elements / chunk_cols);
   std::vector<acc> partial(chunks > 1 ? rows * chunks : 0);
   acc* out = chunks > 1 ? partial.data() : row_totals;
   at::parallel_for(0, rows * chunks, grain, [&](int64_t begin, int64_t end) {

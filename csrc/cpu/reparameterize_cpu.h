@@ -121,7 +121,7 @@ void reparameterize_forward(const ReparameterizeParams<scalar_t>& p) {
     return;
   }
   const int64_t tiles = (total + kNoiseTile - 1) / kNoiseTile;
-  at::parallel_for(0, tiles, std::max<int64_t>(1, kGrainElements / kNoiseTile), [&](int64_t tile_begin,
+  at::parallel_for(0, tiles, std::max<int64_t>(1, kNoiseGrainElements / kNoiseTile), [&](int64_t tile_begin,
                                                                                   int64_t tile_end) {
     alignas(64) acc eps[kNoiseTile];
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {

@@ -125,7 +125,7 @@ void reparameterize_kl_forward(const ReparameterizeKlParams<scalar_t>& p) {
           });
     };
   };
-  deterministic_row_sums_with_state<acc>(p.batch, p.features, make_chunk_sum, totals.data());
+  deterministic_row_sums_with_state<acc>(p.batch, p.features, make_chunk_sum, totals.data(), kNoiseGrainElements);
   for (int64_t b = 0; b < p.batch; ++b) p.per_sample[b] = static_cast<scalar_t>(totals[b]);
 }
 
