@@ -140,6 +140,8 @@ def test_opcheck(dtype, kernel):
         )
     torch.library.opcheck(ops.kernel_sum_cross.default, (x, y, kernel, scales, bandwidth))
     torch.library.opcheck(ops.kernel_sum_cross_with_grad.default, (x.detach(), y.detach(), kernel, scales, bandwidth))
+    torch.library.opcheck(ops.kernel_sum_cross_with_grad.default,
+                          (x.detach(), y.detach(), kernel, scales, bandwidth, False))
     torch.library.opcheck(ops.kernel_sum_cross_backward.default, (grad, x.detach(), y.detach(), kernel, scales, bandwidth))
 
 
@@ -380,6 +382,10 @@ def test_with_grad_ops_agree_with_the_sum_and_the_backward_ops(kernel, n, m):
     assert same_bits(total, ops.kernel_sum_cross(x, y, kernel, scales, bandwidth))
     for actual, expected in zip((grad_x, grad_y), ops.kernel_sum_cross_backward(one, x, y, kernel, scales, bandwidth)):
         torch.testing.assert_close(actual, expected, rtol=1e-13, atol=1e-13 * float(expected.abs().max()))
+    # Without y's side (mmd_prior's samples take no gradient): the same sum and x's gradient, bit for bit,
+    # from the pass that skips y's half of every tile; nothing in y's place.
+    total_x_only, grad_x_only, nothing = ops.kernel_sum_cross_with_grad(x, y, kernel, scales, bandwidth, False)
+    assert same_bits(total_x_only, total) and same_bits(grad_x_only, grad_x) and nothing.shape == (0,)
     # The gradients come in float32 for float32 (and half) inputs, to be rounded once after scaling.
     assert ops.kernel_sum_self_with_grad(x.float(), kernel, scales, bandwidth, True)[1].dtype == torch.float32
     # And through autograd: the estimator's value with and without a graph.

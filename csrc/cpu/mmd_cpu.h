@@ -396,7 +396,9 @@ double cross_sum(const PackedOperand<acc>& a, const PackedOperand<acc>& b, const
   const int64_t b_blocks = (b.count + kBlockRows - 1) / kBlockRows;
   const int64_t ring = std::max(a_blocks, b_blocks);
   std::vector<double> block_totals(a_blocks, 0.0);
-  if (grad_a != nullptr && std::min(a_blocks, b_blocks) >= kMinTilesPerRound) {
+  // Rounds only when both sides take gradients: a's side alone runs block by block below, the same tiles
+  // in the same order (the same bits) without a barrier per round.
+  if (grad_a != nullptr && grad_b != nullptr && std::min(a_blocks, b_blocks) >= kMinTilesPerRound) {
     auto tiles = [&](int64_t round, std::vector<Tile>& list) {
       for (int64_t block = 0; block < a_blocks; ++block) {
         const int64_t other = (block + round) % ring;
@@ -450,9 +452,9 @@ void store_gradient(const std::vector<acc>& gradient, const PackedOperand<acc>& 
   });
 }
 
-// The sum of KernelSumParams and, when grad_x is set, scale * d sum / d x into grad_x (and d sum / d y into
-// grad_y for the cross sum), in out_t (scalar_t for the backward op, the accumulation type for the op
-// that returns the gradient with the sum).
+// The sum of KernelSumParams and, when grad_x is set, scale * d sum / d x into grad_x (and, for the cross
+// sum, d sum / d y into grad_y unless it is null: y's side is then skipped), in out_t (scalar_t for the
+// backward op, the accumulation type for the op that returns the gradient with the sum).
 template <PairKernel kernel, typename scalar_t, typename out_t>
 double pair_sum(const KernelSumParams<scalar_t>& p, acc_t<scalar_t> scale, out_t* grad_x, out_t* grad_y) {
   using acc = acc_t<scalar_t>;
@@ -469,10 +471,11 @@ double pair_sum(const KernelSumParams<scalar_t>& p, acc_t<scalar_t> scale, out_t
     total = self_sum<kernel>(x_packed, p.exclude_diagonal, constants, x_gradient_data);
   } else {
     const PackedOperand<acc> y_packed = pack_operand<acc>(p.y, p.m, p.d, with_gradient, true);
-    std::vector<acc> y_gradient(with_gradient ? y_packed.count * y_packed.padded_dim : 0, acc(0));
+    const bool with_y_gradient = with_gradient && grad_y != nullptr;
+    std::vector<acc> y_gradient(with_y_gradient ? y_packed.count * y_packed.padded_dim : 0, acc(0));
     total = cross_sum<kernel>(x_packed, y_packed, constants, x_gradient_data,
-                              with_gradient ? y_gradient.data() : nullptr);
-    if (with_gradient) store_gradient(y_gradient, y_packed, factor, grad_y);
+                              with_y_gradient ? y_gradient.data() : nullptr);
+    if (with_y_gradient) store_gradient(y_gradient, y_packed, factor, grad_y);
   }
   if (with_gradient) store_gradient(x_gradient, x_packed, factor, grad_x);
   return total;
@@ -501,7 +504,8 @@ void kernel_sum_forward(const KernelSumParams<scalar_t>& p) {
   });
 }
 
-// The sum into p.out and d sum / d x, d sum / d y (cross sum) in the accumulation type, from one pass.
+// The sum into p.out and d sum / d x, d sum / d y (cross sum, unless grad_y is null) in the accumulation
+// type, from one pass.
 template <typename scalar_t>
 void kernel_sum_with_grad(const KernelSumParams<scalar_t>& p, acc_t<scalar_t>* grad_x, acc_t<scalar_t>* grad_y) {
   dispatch_pair_kernel(p, [&](auto kernel) {

@@ -266,11 +266,12 @@ struct KernelSumCross : public torch::autograd::Function<KernelSumCross> {
     static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
                                                 at::ArrayRef<double>, double)>("vaefast::kernel_sum_cross");
     static const auto with_grad_op = op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-        const at::Tensor&, const at::Tensor&, c10::string_view, at::ArrayRef<double>, double)>(
+        const at::Tensor&, const at::Tensor&, c10::string_view, at::ArrayRef<double>, double, bool)>(
         "vaefast::kernel_sum_cross_with_grad");
     at::AutoDispatchBelowADInplaceOrView below;
     if (!x.requires_grad() && !y.requires_grad()) return op.call(x, y, kernel, scales, bandwidth);
-    auto [total, unit_grad_x, unit_grad_y] = with_grad_op.call(x, y, kernel, scales, bandwidth);
+    // y's side only when y takes a gradient (x's is always computed: the pass is built around it).
+    auto [total, unit_grad_x, unit_grad_y] = with_grad_op.call(x, y, kernel, scales, bandwidth, y.requires_grad());
     ctx->save_for_backward({unit_grad_x, unit_grad_y, x, y});
     return total;
   }

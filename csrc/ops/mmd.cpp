@@ -186,6 +186,7 @@ void run_kernel_sum_with_grad(const KernelSumParams<scalar_t>& params, const at:
     copy_pairs(backward, params);
     const at::Tensor grad_x_typed = at::empty(x.sizes(), x.options());
     backward.grad_x = grad_x_typed.mutable_data_ptr<scalar_t>();
+    // The backward kernels compute both sides of a cross sum; y's is dropped when not asked for.
     at::Tensor grad_y_typed;
     if (y != nullptr) {
       grad_y_typed = at::empty(y->sizes(), y->options());
@@ -193,7 +194,7 @@ void run_kernel_sum_with_grad(const KernelSumParams<scalar_t>& params, const at:
     }
     run_kernel_sum_backward(backward, x);
     grad_x.copy_(grad_x_typed);
-    if (y != nullptr) grad_y->copy_(grad_y_typed);
+    if (grad_y != nullptr) grad_y->copy_(grad_y_typed);
     return;
   }
 #endif
@@ -224,17 +225,19 @@ std::tuple<at::Tensor, at::Tensor> kernel_sum_self_with_grad(const at::Tensor& x
 }
 
 // [n, d], [m, d] -> (0-dim float64 sum as kernel_sum_cross, d sum / d x [n, d], d sum / d y [m, d]), the
-// gradients in float32 (float64 for float64 inputs)
+// gradients in float32 (float64 for float64 inputs). with_grad_y=false skips y's side (an empty [0] tensor
+// in its place): mmd_prior's prior samples take no gradient, and y's side is about a third of the pass.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_sum_cross_with_grad(const at::Tensor& x, const at::Tensor& y,
                                                                           c10::string_view kernel,
                                                                           at::ArrayRef<double> scales,
-                                                                          double bandwidth) {
+                                                                          double bandwidth, bool with_grad_y) {
   check_rows(x, "x");
   check_rows_like(y, x);
   check_device(x, "kernel_sum_cross_with_grad");
   at::Tensor total = at::zeros({}, x.options().dtype(at::kDouble));
   at::Tensor grad_x = at::zeros(x.sizes(), x.options().dtype(unit_grad_dtype(x)));
-  at::Tensor grad_y = at::zeros(y.sizes(), y.options().dtype(unit_grad_dtype(x)));
+  at::Tensor grad_y = with_grad_y ? at::zeros(y.sizes(), y.options().dtype(unit_grad_dtype(x)))
+                                  : at::empty({0}, y.options().dtype(unit_grad_dtype(x)));
   if (x.size(0) == 0 || y.size(0) == 0) return {total, grad_x, grad_y};
   const at::Tensor x_c = x.contiguous();
   const at::Tensor y_c = y.contiguous();
@@ -244,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_sum_cross_with_grad(const 
     params.x = x_c.const_data_ptr<scalar_t>();
     params.y = y_c.const_data_ptr<scalar_t>();
     params.out = total.mutable_data_ptr<double>();
-    run_kernel_sum_with_grad(params, x, &y, grad_x, &grad_y);
+    run_kernel_sum_with_grad(params, x, &y, grad_x, with_grad_y ? &grad_y : nullptr);
   });
   return {total, grad_x, grad_y};
 }
@@ -310,8 +313,8 @@ TORCH_LIBRARY_FRAGMENT(vaefast, m) {
       "-> (Tensor, Tensor)");
   m.def("kernel_sum_cross(Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) -> Tensor");
   m.def(
-      "kernel_sum_cross_with_grad(Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) "
-      "-> (Tensor, Tensor, Tensor)");
+      "kernel_sum_cross_with_grad(Tensor x, Tensor y, str kernel, float[] scales, float bandwidth, "
+      "bool with_grad_y=True) -> (Tensor, Tensor, Tensor)");
   m.def(
       "kernel_sum_cross_backward(Tensor grad, Tensor x, Tensor y, str kernel, float[] scales, float bandwidth) "
       "-> (Tensor, Tensor)");

@@ -37,9 +37,10 @@ if _backend._C is not None:
         return x.new_empty((), dtype=torch.float64)
 
     @torch.library.register_fake("vaefast::kernel_sum_cross_with_grad")
-    def _(x, y, kernel, scales, bandwidth):
+    def _(x, y, kernel, scales, bandwidth, with_grad_y=True):
         dtype = _unit_grad_dtype(x)
-        return x.new_empty((), dtype=torch.float64), x.new_empty(x.shape, dtype=dtype), y.new_empty(y.shape, dtype=dtype)
+        grad_y = y.new_empty(y.shape if with_grad_y else (0,), dtype=dtype)
+        return x.new_empty((), dtype=torch.float64), x.new_empty(x.shape, dtype=dtype), grad_y
 
     @torch.library.register_fake("vaefast::kernel_sum_cross_backward")
     def _(grad, x, y, kernel, scales, bandwidth):
