@@ -6,12 +6,14 @@ epoch draw a permutation, slice batches out of the data set that lives on the de
 `log_every` steps, checkpoint every `checkpoint_every` epochs and at the end. No callbacks, no DataLoader.
 
 Speed: the whole data set is moved to the device once and batches are index slices (no worker processes,
-no host-to-device copy per step); metrics accumulate on the device and reach the host only every
-`log_every` steps. The one per-step sync is the non-finite guard (`check_finite`, on by default): deciding
-whether to apply a step needs the loss on the host. On CPU that costs nothing (there is no queue to drain);
-on CUDA it is one 4-byte copy per step. A sync-free guard would need a copy of parameters and Adam's
-moments to roll back to (three times the model per step) or an optimizer that masks its own update;
-neither is worth it for models of this size. `check_finite=False` removes the sync and the guard.
+no host-to-device copy per step); each step's loss terms are kept, detached, where they are and reach the
+host only every `log_every` steps; the optimizer step is torch's fused Adam kernel, called without
+Adam.step()'s per-call Python once its state exists (_AdamStep). The one per-step sync is the non-finite
+guard (`check_finite`, on by default): deciding whether to apply a step needs the loss on the host. On CPU
+that costs nothing (there is no queue to drain); on CUDA it is one 4-byte copy per step. A sync-free guard
+would need a copy of parameters and Adam's moments to roll back to (three times the model per step) or an
+optimizer that masks its own update; neither is worth it for models of this size. `check_finite=False`
+removes the sync and the guard.
 
 Reproducibility: the data order comes from a dedicated torch.Generator seeded with `seed`; the model's
 noise (reparameterisation, prior samples) from torch's default generator, seeded with `seed + rank`.
@@ -157,7 +159,8 @@ def train(model, x, config, *, labels=None, stage=None):
                 bad_in_a_row, bad_total = bad_in_a_row + 1, bad_total + 1
                 if bad_in_a_row >= config.max_bad_steps:
                     bar.close()
-                    kept = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path is not None and checkpoint_path.exists() else ""
+                    good = checkpoint_path is not None and checkpoint_path.exists()
+                    kept = f"; the last good checkpoint is {checkpoint_path}" if good else ""
                     raise TrainingDiverged(
                         f"training stopped: {bad_in_a_row} consecutive steps had a non-finite loss (epoch "
                         f"{epoch + 1}, step {step}; {bad_total} bad steps in all). The model holds the last good "
@@ -186,8 +189,10 @@ def train(model, x, config, *, labels=None, stage=None):
                 window, window_start = [], time.perf_counter()
         scheduler.step()
         last = epoch + 1 == config.epochs
-        if checkpoint_path is not None and (last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0)):
-            state = _checkpoint_state(model, optimizer, scheduler, epoch + 1, step, order_generator, context, config, stage)
+        due = last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0)
+        if checkpoint_path is not None and due:
+            state = _checkpoint_state(model, optimizer, scheduler, epoch + 1, step, order_generator, context,
+                                      config, stage)
             if writes:
                 save_checkpoint(state, checkpoint_path)
             distributed.barrier(context)
