@@ -324,9 +324,9 @@ class _AdamStep:
     same kernel, torch._fused_adam_, gets the same tensors and arguments Adam.step() would hand it (the
     optimizer's own state, so checkpoints and the scheduler's lr work as before): the same update, bit for
     bit (tests/test_train.py); the step counts advance with one op instead of torch._foreach_add_'s one per
-    parameter. Any step the shortcut does not cover exactly -- the first (Adam creates its
-    state there), one where a parameter has no gradient, or an optimizer set up otherwise (several groups,
-    devices or dtypes, amsgrad, a tensor lr, a grad scaler, ...) -- is Adam.step() itself.
+    parameter. Any step the shortcut does not cover exactly -- the first (Adam creates its state there),
+    one where a parameter has no gradient, or an optimizer set up otherwise (several groups, devices or
+    dtypes, amsgrad, a tensor lr, a grad scaler, ...) -- is Adam.step() itself.
     """
 
     def __init__(self, optimizer):
