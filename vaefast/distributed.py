@@ -61,8 +61,7 @@ def all_finite(loss, context):
         # ~25 us a step on CPU).
         return math.isfinite(loss.item())
     flag = torch.isfinite(loss.detach()).to(torch.int32)
-    if context.world_size > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag)
 
 

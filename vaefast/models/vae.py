@@ -173,9 +173,10 @@ class VAE(nn.Module):
         nll = nll.mean()
         weight = self.kl_weight()
         if isinstance(weight, Tensor):
-            weight = weight.to(kl.dtype)
-        # beta = 1 (the ELBO, the default) adds kl as it is: the same bits as 1.0 * kl, one op fewer.
-        loss = nll + (kl if isinstance(weight, float) and weight == 1.0 else weight * kl)
+            kl_term = weight.to(kl.dtype) * kl
+        else:  # beta = 1 (the ELBO, the default) adds kl as it is: the bits of 1.0 * kl, one op fewer
+            kl_term = kl if weight == 1.0 else weight * kl
+        loss = nll + kl_term
         if self.training:
             self.training_steps += 1
         gamma = None if log_gamma is None else log_gamma.detach().exp()
