@@ -129,10 +129,43 @@ def test_opcheck(dtype):
     for shape, layout in [((3, 5), "contiguous"), ((2, 3, 4), "transposed")]:
         (mu, logvar), (view, _) = make_pair(shape, layout, dtype)
         mu, logvar = view(mu), view(logvar)
-        torch.library.opcheck(torch.ops.vaefast.gaussian_kl,
-                              (mu.detach().requires_grad_(), logvar.detach().requires_grad_()))
+        for reduction in ("none", "sum", "mean"):  # the batch reduction runs inside the op
+            torch.library.opcheck(torch.ops.vaefast.gaussian_kl,
+                                  (mu.detach().requires_grad_(), logvar.detach().requires_grad_(), reduction))
         grad = torch.randn(shape[0], dtype=dtype)
         torch.library.opcheck(torch.ops.vaefast.gaussian_kl_backward, (grad, mu, logvar))
+
+
+def _reduction_cases(batch, dtype):
+    """(op name, fn(reduction) -> that op's KL or NLL) on fresh inputs whose per-sample values span six
+    decades, so that a plain float32 running sum of them would lose digits."""
+    scale = torch.logspace(-3, 3, batch, dtype=torch.float64)[torch.randperm(batch)].unsqueeze(1)
+    mu, logvar = (torch.randn(batch, 3, dtype=torch.float64) * scale.sqrt()).to(dtype), torch.randn(batch, 3, dtype=dtype)
+    x, x_hat = torch.rand(batch, 3, dtype=dtype), (torch.randn(batch, 3, dtype=torch.float64) * scale.sqrt()).to(dtype)
+    log_gamma = torch.randn((), dtype=dtype)
+    return [("gaussian_kl", lambda reduction: vaefast.gaussian_kl(mu, logvar, reduction=reduction)),
+            ("gaussian_nll", lambda reduction: vaefast.gaussian_nll(x, x_hat, log_gamma, reduction=reduction)),
+            ("reparameterize_kl", lambda reduction: vaefast.reparameterize_kl(mu, logvar, reduction=reduction)[1])]
+
+
+@pytest.mark.skipif(not vaefast._backend.compiled("gaussian_kl", torch.device("cpu")),
+                    reason="the batch reduction inside the op is the compiled kernels' (the reference uses torch's)")
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_batch_reduction_inside_the_ops_is_the_rounded_exact_sum(dtype):
+    """The loss ops reduce over the batch inside the op (no second autograd node): "sum" and "mean" must be
+    the exact sum (math.fsum) of the op's own per-sample values, rounded to the dtype -- for float32
+    exactly that, for float64 within 2 ulp (the compensated double sum is not correctly rounded)."""
+    batch = 4099
+    for name, loss in _reduction_cases(batch, dtype):
+        per_sample = loss("none").double().tolist()
+        exact_sum = math.fsum(per_sample)
+        for reduction, expected in (("sum", exact_sum), ("mean", exact_sum / batch)):
+            got = loss(reduction)
+            assert got.shape == () and got.dtype == dtype, (name, reduction, got.shape, got.dtype)
+            if dtype == torch.float32:
+                assert got.item() == torch.tensor(expected, dtype=torch.float32).item(), (name, reduction)
+            else:
+                assert abs(got.item() - expected) <= 2 * math.ulp(expected), (name, reduction, got.item(), expected)
 
 
 def kl_loss(kl, mu, logvar, weights):
@@ -281,6 +314,8 @@ def test_registered_op_checks_its_arguments():
         torch.ops.vaefast.gaussian_kl(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="grad must have shape"):
         torch.ops.vaefast.gaussian_kl_backward(torch.randn(2), torch.randn(3, 4), torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match="reduction must be one of 'none', 'sum', 'mean'; got 'avg'"):
+        torch.ops.vaefast.gaussian_kl(torch.randn(3, 4), torch.randn(3, 4), "avg")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put the arguments on two devices")

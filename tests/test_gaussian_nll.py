@@ -188,8 +188,9 @@ def test_gradcheck(x_shape, log_gamma_shape, layout, reduction):
 def test_opcheck(dtype, log_gamma_shape, layout):
     bases, views = make_triple((2, 3, 4, 5), log_gamma_shape, layout, dtype)
     x, x_hat, log_gamma = (view(base) for view, base in zip(views, bases))
-    torch.library.opcheck(torch.ops.vaefast.gaussian_nll,
-                          tuple(t.detach().requires_grad_() for t in (x, x_hat, log_gamma)))
+    for reduction in ("none", "sum", "mean"):  # the batch reduction runs inside the op
+        torch.library.opcheck(torch.ops.vaefast.gaussian_nll,
+                              (*(t.detach().requires_grad_() for t in (x, x_hat, log_gamma)), reduction))
     grad = torch.randn(2, dtype=dtype)
     torch.library.opcheck(torch.ops.vaefast.gaussian_nll_backward, (grad, x, x_hat, log_gamma))
 

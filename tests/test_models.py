@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from hypothesis import given, strategies as st
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Bernoulli, Normal, kl_divergence
 from torch.nn.functional import softplus
 from torch.nn.utils import parametrize
 
@@ -233,6 +233,27 @@ def test_gamma_floor(gamma):
     out = model(x)
     assert_close64(out.gamma, torch.tensor(0.5, dtype=torch.float64))
     assert_close64(out.nll, independent_vae_terms(model, x, out)[0])
+
+
+@pytest.mark.parametrize("likelihood,gamma", [("gaussian", "learned"), ("gaussian", "optimal"), ("bernoulli", "learned")])
+def test_reconstruction_reductions(likelihood, gamma):
+    """reconstruction(x, z): the per-sample -log p(x|z) of torch.distributions, and its batch sum and mean
+    (which the Gaussian NLL reduces inside the op); a misspelt reduction names the argument."""
+    model = VAE(VAEConfig(data_shape=(6,), latent_dim=2, hidden_dims=(4,), likelihood=likelihood,
+                          gamma=gamma)).double()
+    x, z = torch.rand(5, 6, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    per_sample, x_hat, log_gamma = model.reconstruction(x, z)
+    if likelihood == "bernoulli":
+        expected = -Bernoulli(probs=x_hat, validate_args=False).log_prob(x).sum(dim=1)  # x in [0, 1]: cross-entropy
+    else:
+        expected = -Normal(x_hat, log_gamma.exp()).log_prob(x).sum(dim=1)
+    assert_close64(per_sample, expected)
+    for reduction, reduce in (("sum", torch.sum), ("mean", torch.mean)):
+        reduced, _, _ = model.reconstruction(x, z, reduction=reduction)
+        assert reduced.shape == ()
+        assert_close64(reduced, reduce(expected))
+    with pytest.raises(ValueError, match="reduction must be 'none', 'sum' or 'mean'; got 'avg'"):
+        model.reconstruction(x, z, reduction="avg")
 
 
 @given(beta=st.floats(0.1, 4.0), warmup=st.integers(1, 50), step=st.integers(0, 120))

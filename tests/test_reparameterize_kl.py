@@ -256,8 +256,8 @@ def test_opcheck(dtype):
     mu = torch.randn(5, 6, dtype=dtype, requires_grad=True)
     logvar = torch.randn(5, 6, dtype=dtype, requires_grad=True)
     # Draws fresh noise each call, so only the schema and fake-kernel checks apply (as for reparameterize).
-    for num_samples in (None, 2):
-        torch.library.opcheck(torch.ops.vaefast.reparameterize_kl, (mu, logvar, num_samples, None),
+    for num_samples, reduction in ((None, "none"), (2, "none"), (None, "mean"), (2, "sum")):
+        torch.library.opcheck(torch.ops.vaefast.reparameterize_kl, (mu, logvar, num_samples, None, reduction),
                               test_utils=("test_schema", "test_faketensor"))
     for z_shape in ((5, 6), (3, 5, 6)):
         z = torch.randn(z_shape, dtype=dtype)
@@ -376,6 +376,8 @@ def test_registered_ops_check_their_arguments():
         torch.ops.vaefast.reparameterize_kl(mu, torch.randn(3, 5))
     with pytest.raises(RuntimeError, match="num_samples must be >= 1"):
         torch.ops.vaefast.reparameterize_kl(mu, mu, 0)
+    with pytest.raises(RuntimeError, match="reduction must be one of 'none', 'sum', 'mean'; got 'batchmean'"):
+        torch.ops.vaefast.reparameterize_kl(mu, mu, None, None, "batchmean")
     backward = torch.ops.vaefast.reparameterize_kl_backward
     with pytest.raises(RuntimeError, match="grad_kl must have shape"):
         backward(torch.randn(3, 4), torch.randn(2), torch.randn(3, 4), mu, mu)

@@ -70,6 +70,15 @@ variable_list once_differentiable(const char* op, AutogradContext* ctx, const va
 
 bool needs(AutogradContext* ctx, size_t input) { return ctx->needs_input_grad(input); }
 
+// The batch reduction a loss op's forward applied, kept for its backward (op_common.h: per_sample_grad).
+void save_reduction(AutogradContext* ctx, c10::string_view reduction) {
+  ctx->saved_data["reduction"] = static_cast<int64_t>(parse_reduction(reduction));
+}
+
+Reduction saved_reduction(AutogradContext* ctx) {
+  return static_cast<Reduction>(ctx->saved_data["reduction"].toInt());
+}
+
 // ---- reparameterize, reparameterize_philox, reparameterize_with_eps --------------------------------------
 // Saved: z and mu (z - mu = std * eps is all the logvar gradient needs); d/dmu sums over a sample dimension.
 
@@ -152,15 +161,22 @@ struct ReparameterizeWithEps : public torch::autograd::Function<ReparameterizeWi
 
 using KlBackward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
+// The KL's gradient per sample (mu [B, ...] gives B), from the gradient of the reduced KL.
+at::Tensor kl_grad_per_sample(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& mu) {
+  return per_sample_grad(grad, mu.size(0), saved_reduction(ctx));
+}
+
 struct ReparameterizeKl : public torch::autograd::Function<ReparameterizeKl> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
-                               std::optional<int64_t> num_samples, std::optional<at::Generator> generator) {
+                               std::optional<int64_t> num_samples, std::optional<at::Generator> generator,
+                               c10::string_view reduction) {
     static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
-        const at::Tensor&, const at::Tensor&, std::optional<int64_t>, std::optional<at::Generator>)>(
-        "vaefast::reparameterize_kl");
+        const at::Tensor&, const at::Tensor&, std::optional<int64_t>, std::optional<at::Generator>,
+        c10::string_view)>("vaefast::reparameterize_kl");
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [z, kl] = op.call(mu, logvar, num_samples, std::move(generator));
+    auto [z, kl] = op.call(mu, logvar, num_samples, std::move(generator), reduction);
     ctx->save_for_backward({z, mu, logvar});
+    save_reduction(ctx, reduction);
     ctx->set_materialize_grads(false);
     return {z, kl};
   }
@@ -171,8 +187,8 @@ struct ReparameterizeKl : public torch::autograd::Function<ReparameterizeKl> {
     static const auto kl_backward_op = op_handle<KlBackward>("vaefast::gaussian_kl_backward");
     return once_differentiable("vaefast::reparameterize_kl", ctx, grads, [&]() -> variable_list {
       const at::Tensor& grad_z = grads[0];
-      const at::Tensor& grad_kl = grads[1];
       const auto saved = ctx->get_saved_variables();
+      const at::Tensor grad_kl = kl_grad_per_sample(ctx, grads[1], saved[1]);
       at::Tensor grad_mu, grad_logvar;
       if (grad_z.defined() && grad_kl.defined()) {
         std::tie(grad_mu, grad_logvar) = backward_op.call(grad_z, grad_kl, saved[0], saved[1], saved[2]);
@@ -181,7 +197,7 @@ struct ReparameterizeKl : public torch::autograd::Function<ReparameterizeKl> {
       } else if (grad_kl.defined()) {
         std::tie(grad_mu, grad_logvar) = kl_backward_op.call(grad_kl, saved[1], saved[2]);
       }
-      return {grad_mu, grad_logvar, at::Tensor(), at::Tensor()};
+      return {grad_mu, grad_logvar, at::Tensor(), at::Tensor(), at::Tensor()};
     });
   }
 };
@@ -189,18 +205,21 @@ struct ReparameterizeKl : public torch::autograd::Function<ReparameterizeKl> {
 // ---- gaussian_kl ------------------------------------------------------------------------------------------
 
 struct GaussianKl : public torch::autograd::Function<GaussianKl> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar) {
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&)>("vaefast::gaussian_kl");
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                            c10::string_view reduction) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>(
+        "vaefast::gaussian_kl");
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({mu, logvar});
-    return op.call(mu, logvar);
+    save_reduction(ctx, reduction);
+    return op.call(mu, logvar, reduction);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto backward_op = op_handle<KlBackward>("vaefast::gaussian_kl_backward");
     return once_differentiable("vaefast::gaussian_kl", ctx, grads, [&]() -> variable_list {
       const auto saved = ctx->get_saved_variables();
-      auto [grad_mu, grad_logvar] = backward_op.call(grads[0], saved[0], saved[1]);
-      return {grad_mu, grad_logvar};
+      auto [grad_mu, grad_logvar] = backward_op.call(kl_grad_per_sample(ctx, grads[0], saved[0]), saved[0], saved[1]);
+      return {grad_mu, grad_logvar, at::Tensor()};
     });
   }
 };
@@ -209,22 +228,24 @@ struct GaussianKl : public torch::autograd::Function<GaussianKl> {
 
 struct GaussianNll : public torch::autograd::Function<GaussianNll> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& x_hat,
-                            const at::Tensor& log_gamma) {
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
-        "vaefast::gaussian_nll");
+                            const at::Tensor& log_gamma, c10::string_view reduction) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                c10::string_view)>("vaefast::gaussian_nll");
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({x, x_hat, log_gamma});
-    return op.call(x, x_hat, log_gamma);
+    save_reduction(ctx, reduction);
+    return op.call(x, x_hat, log_gamma, reduction);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto backward_op = op_handle<std::tuple<at::Tensor, at::Tensor>(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>("vaefast::gaussian_nll_backward");
     return once_differentiable("vaefast::gaussian_nll", ctx, grads, [&]() -> variable_list {
       const auto saved = ctx->get_saved_variables();
-      auto [grad_x_hat, grad_log_gamma] = backward_op.call(grads[0], saved[0], saved[1], saved[2]);
+      const at::Tensor grad = per_sample_grad(grads[0], saved[0].size(0), saved_reduction(ctx));
+      auto [grad_x_hat, grad_log_gamma] = backward_op.call(grad, saved[0], saved[1], saved[2]);
       at::Tensor grad_x;
       if (needs(ctx, 0)) grad_x = -grad_x_hat;  // d/dx = -d/dx_hat, only when asked
-      return {grad_x, grad_x_hat, grad_log_gamma};
+      return {grad_x, grad_x_hat, grad_log_gamma, at::Tensor()};
     });
   }
 };
@@ -301,13 +322,16 @@ TORCH_LIBRARY_IMPL(vaefast, Autograd, m) {
     return ReparameterizeWithEps::apply(mu, logvar, eps);
   });
   m.impl("reparameterize_kl", [](const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
-                                 std::optional<at::Generator> generator) {
-    const variable_list outputs = ReparameterizeKl::apply(mu, logvar, num_samples, std::move(generator));
+                                 std::optional<at::Generator> generator, c10::string_view reduction) {
+    const variable_list outputs = ReparameterizeKl::apply(mu, logvar, num_samples, std::move(generator), reduction);
     return std::make_tuple(outputs[0], outputs[1]);
   });
-  m.impl("gaussian_kl", [](const at::Tensor& mu, const at::Tensor& logvar) { return GaussianKl::apply(mu, logvar); });
-  m.impl("gaussian_nll", [](const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {
-    return GaussianNll::apply(x, x_hat, log_gamma);
+  m.impl("gaussian_kl", [](const at::Tensor& mu, const at::Tensor& logvar, c10::string_view reduction) {
+    return GaussianKl::apply(mu, logvar, reduction);
+  });
+  m.impl("gaussian_nll", [](const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma,
+                            c10::string_view reduction) {
+    return GaussianNll::apply(x, x_hat, log_gamma, reduction);
   });
   m.impl("kernel_sum_self", [](const at::Tensor& x, c10::string_view kernel, at::ArrayRef<double> scales,
                                double bandwidth, bool exclude_diagonal) {

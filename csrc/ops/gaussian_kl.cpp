@@ -19,7 +19,7 @@ void check_kl_inputs(const at::Tensor& mu, const at::Tensor& logvar) {
 }
 
 // [B, ...] x2 -> [B]
-at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar) {
+at::Tensor gaussian_kl_per_sample(const at::Tensor& mu, const at::Tensor& logvar) {
   check_kl_inputs(mu, logvar);
   TORCH_CHECK(has_kernel(mu), "vaefast::gaussian_kl: no kernel for device ", mu.device());
   const BatchView view = batch_view(mu);
@@ -53,6 +53,12 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar) {
     cpu::gaussian_kl_forward(params);
   });
   return per_sample;
+}
+
+// [B, ...] x2 -> [B] ("none") or 0-dim ("sum", "mean")
+at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar, c10::string_view reduction) {
+  const Reduction how = parse_reduction(reduction);
+  return reduce_batch(gaussian_kl_per_sample(mu, logvar), how);
 }
 
 // grad [B] -> (grad_mu, grad_logvar), each shaped like mu
@@ -102,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward(const at::Tensor& grad, 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vaefast, m) {
-  m.def("gaussian_kl(Tensor mu, Tensor logvar) -> Tensor");
+  m.def("gaussian_kl(Tensor mu, Tensor logvar, str reduction=\"none\") -> Tensor");
   m.def("gaussian_kl_backward(Tensor grad, Tensor mu, Tensor logvar) -> (Tensor, Tensor)");
 }
 

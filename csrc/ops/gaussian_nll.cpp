@@ -58,7 +58,7 @@ void check_nll_inputs(const at::Tensor& x, const at::Tensor& x_hat, const at::Te
 }
 
 // x, x_hat [B, ...]; log_gamma scalar, [B] or broadcastable to x -> [B]
-at::Tensor gaussian_nll(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {
+at::Tensor gaussian_nll_per_sample(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {
   check_nll_inputs(x, x_hat, log_gamma);
   const LogGammaPlan plan = plan_log_gamma(log_gamma, x);
   const BatchView view = batch_view(x);
@@ -96,6 +96,13 @@ at::Tensor gaussian_nll(const at::Tensor& x, const at::Tensor& x_hat, const at::
     cpu::gaussian_nll_forward(params);
   });
   return per_sample;
+}
+
+// -> [B] ("none") or 0-dim ("sum", "mean")
+at::Tensor gaussian_nll(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma,
+                        c10::string_view reduction) {
+  const Reduction how = parse_reduction(reduction);
+  return reduce_batch(gaussian_nll_per_sample(x, x_hat, log_gamma), how);
 }
 
 // grad [B] -> (grad_x_hat shaped like x, grad_log_gamma shaped like log_gamma). grad_x = -grad_x_hat.
@@ -169,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vaefast, m) {
-  m.def("gaussian_nll(Tensor x, Tensor x_hat, Tensor log_gamma) -> Tensor");
+  m.def("gaussian_nll(Tensor x, Tensor x_hat, Tensor log_gamma, str reduction=\"none\") -> Tensor");
   m.def("gaussian_nll_backward(Tensor grad, Tensor x, Tensor x_hat, Tensor log_gamma) -> (Tensor, Tensor)");
 }
 

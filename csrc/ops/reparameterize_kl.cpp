@@ -22,9 +22,9 @@ void check_head_inputs(const at::Tensor& mu, const at::Tensor& logvar) {
 }
 
 // [B, ...] x2 -> (z [*mu.shape] or [num_samples, *mu.shape], per-sample KL [B])
-std::tuple<at::Tensor, at::Tensor> reparameterize_kl(const at::Tensor& mu, const at::Tensor& logvar,
-                                                     std::optional<int64_t> num_samples,
-                                                     std::optional<at::Generator> generator) {
+std::tuple<at::Tensor, at::Tensor> reparameterize_kl_per_sample(const at::Tensor& mu, const at::Tensor& logvar,
+                                                                std::optional<int64_t> num_samples,
+                                                                std::optional<at::Generator> generator) {
   check_head_inputs(mu, logvar);
   TORCH_CHECK(has_kernel(mu), "vaefast::reparameterize_kl: no kernel for device ", mu.device());
   // One draw per call, as vaefast::reparameterize makes: the same generator state, the same stream.
@@ -67,6 +67,16 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl(const at::Tensor& mu, const
     cpu::reparameterize_kl_forward(params);
   });
   return {z, per_sample};
+}
+
+// -> (z, KL [B] for "none", 0-dim for "sum" or "mean")
+std::tuple<at::Tensor, at::Tensor> reparameterize_kl(const at::Tensor& mu, const at::Tensor& logvar,
+                                                     std::optional<int64_t> num_samples,
+                                                     std::optional<at::Generator> generator,
+                                                     c10::string_view reduction) {
+  const Reduction how = parse_reduction(reduction);
+  auto [z, per_sample] = reparameterize_kl_per_sample(mu, logvar, num_samples, std::move(generator));
+  return {z, reduce_batch(per_sample, how)};
 }
 
 // grad_z, z: mu's shape or [num_samples, *mu.shape]; grad_kl [B] -> (grad_mu, grad_logvar), shaped like mu.
@@ -144,8 +154,8 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_backward(const at::Tensor& 
 TORCH_LIBRARY_FRAGMENT(vaefast, m) {
   // Draws fresh noise on every call, like reparameterize: tagged so that torch.compile never merges or
   // recomputes it.
-  m.def("reparameterize_kl(Tensor mu, Tensor logvar, int? num_samples=None, Generator? generator=None) "
-        "-> (Tensor, Tensor)",
+  m.def("reparameterize_kl(Tensor mu, Tensor logvar, int? num_samples=None, Generator? generator=None, "
+        "str reduction=\"none\") -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
   m.def("reparameterize_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor z, Tensor mu, Tensor logvar) "
         "-> (Tensor, Tensor)");

@@ -137,17 +137,22 @@ class VAE(nn.Module):
             log_gamma = log_gamma.clamp(min=math.log(self.config.gamma_min))
         return log_gamma.exp()
 
-    def reconstruction(self, x: Tensor, z: Tensor,
-                       condition: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """-log p(x|z) per sample. x [N, *data_shape], z [N, latent_dim] -> (nll [N], x_hat [N, *data_shape],
-        log_gamma 0-dim or None)."""
+    def reconstruction(self, x: Tensor, z: Tensor, condition: Optional[Tensor] = None,
+                       reduction: str = "none") -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """-log p(x|z). x [N, *data_shape], z [N, latent_dim] -> (nll: [N] per sample for reduction "none",
+        their 0-dim "sum" or "mean"; x_hat [N, *data_shape]; log_gamma 0-dim or None)."""
+        if reduction not in ("none", "sum", "mean"):
+            raise ValueError(f"reduction must be 'none', 'sum' or 'mean'; got {reduction!r}")
         raw = self.decoder_output(z, condition)
         x_hat = self.mean(raw)
         if self.config.likelihood == "bernoulli":
-            cross_entropy = binary_cross_entropy_with_logits(raw, x, reduction="none")
-            return cross_entropy.flatten(1).sum(dim=1), x_hat, None
+            per_sample = binary_cross_entropy_with_logits(raw, x, reduction="none").flatten(1).sum(dim=1)
+            if reduction == "none":
+                return per_sample, x_hat, None
+            return (per_sample.sum() if reduction == "sum" else per_sample.mean()), x_hat, None
         log_gamma = self.current_log_gamma(x, x_hat)
-        return vaefast.gaussian_nll(x, x_hat, log_gamma, reduction="none"), x_hat, log_gamma
+        # The batch mean inside the op: no separate mean node (~45 us of a CPU step; csrc/ops/op_common.h).
+        return vaefast.gaussian_nll(x, x_hat, log_gamma, reduction=reduction), x_hat, log_gamma
 
     def kl_weight(self) -> Union[float, Tensor]:
         """beta * min(1, t / kl_warmup_steps) after t training steps. Without warm-up, beta itself (a Python
@@ -169,8 +174,7 @@ class VAE(nn.Module):
         # logvar and with one backward (the loss head's forward+backward 12-16% faster on CPU at [256, 64]
         # latents; benchmarks/results/SUMMARY.md).
         z, kl = vaefast.reparameterize_kl(mu, logvar)
-        nll, x_hat, log_gamma = self.reconstruction(x, z, condition)
-        nll = nll.mean()
+        nll, x_hat, log_gamma = self.reconstruction(x, z, condition, reduction="mean")
         weight = self.kl_weight()
         if isinstance(weight, Tensor):
             kl_term = weight.to(kl.dtype) * kl

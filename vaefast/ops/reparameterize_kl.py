@@ -7,9 +7,9 @@ from . import checks, reference
 if _backend._C is not None:
 
     @torch.library.register_fake("vaefast::reparameterize_kl")
-    def _(mu, logvar, num_samples=None, generator=None):
+    def _(mu, logvar, num_samples=None, generator=None, reduction="none"):
         z_shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
-        return mu.new_empty(z_shape), mu.new_empty((mu.shape[0],))
+        return mu.new_empty(z_shape), mu.new_empty((mu.shape[0],) if reduction == "none" else ())
 
     @torch.library.register_fake("vaefast::reparameterize_kl_backward")
     def _(grad_z, grad_kl, z, mu, logvar):
@@ -46,6 +46,5 @@ def reparameterize_kl(mu, logvar, *, num_samples=None, generator=None, reduction
     checks.generator(generator, mu.device)
     mu, logvar = checks.promote(mu, logvar)
     if _backend.compiled("reparameterize_kl", mu.device):
-        z, kl = torch.ops.vaefast.reparameterize_kl(mu, logvar, num_samples, generator)
-        return z, reference.reduce_per_sample(kl, reduction)
+        return torch.ops.vaefast.reparameterize_kl(mu, logvar, num_samples, generator, reduction)
     return reference.reparameterize_kl(mu, logvar, num_samples=num_samples, generator=generator, reduction=reduction)
