@@ -140,8 +140,10 @@ def _reduction_cases(batch, dtype):
     """(op name, fn(reduction) -> that op's KL or NLL) on fresh inputs whose per-sample values span six
     decades, so that a plain float32 running sum of them would lose digits."""
     scale = torch.logspace(-3, 3, batch, dtype=torch.float64)[torch.randperm(batch)].unsqueeze(1)
-    mu, logvar = (torch.randn(batch, 3, dtype=torch.float64) * scale.sqrt()).to(dtype), torch.randn(batch, 3, dtype=dtype)
-    x, x_hat = torch.rand(batch, 3, dtype=dtype), (torch.randn(batch, 3, dtype=torch.float64) * scale.sqrt()).to(dtype)
+    mu = (torch.randn(batch, 3, dtype=torch.float64) * scale.sqrt()).to(dtype)
+    logvar = torch.randn(batch, 3, dtype=dtype)
+    x = torch.rand(batch, 3, dtype=dtype)
+    x_hat = (torch.randn(batch, 3, dtype=torch.float64) * scale.sqrt()).to(dtype)
     log_gamma = torch.randn((), dtype=dtype)
     return [("gaussian_kl", lambda reduction: vaefast.gaussian_kl(mu, logvar, reduction=reduction)),
             ("gaussian_nll", lambda reduction: vaefast.gaussian_nll(x, x_hat, log_gamma, reduction=reduction)),

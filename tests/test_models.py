@@ -235,7 +235,8 @@ def test_gamma_floor(gamma):
     assert_close64(out.nll, independent_vae_terms(model, x, out)[0])
 
 
-@pytest.mark.parametrize("likelihood,gamma", [("gaussian", "learned"), ("gaussian", "optimal"), ("bernoulli", "learned")])
+@pytest.mark.parametrize("likelihood,gamma",
+                         [("gaussian", "learned"), ("gaussian", "optimal"), ("bernoulli", "learned")])
 def test_reconstruction_reductions(likelihood, gamma):
     """reconstruction(x, z): the per-sample -log p(x|z) of torch.distributions, and its batch sum and mean
     (which the Gaussian NLL reduces inside the op); a misspelt reduction names the argument."""

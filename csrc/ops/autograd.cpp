@@ -75,8 +75,9 @@ void save_reduction(AutogradContext* ctx, c10::string_view reduction) {
   ctx->saved_data["reduction"] = static_cast<int64_t>(parse_reduction(reduction));
 }
 
-Reduction saved_reduction(AutogradContext* ctx) {
-  return static_cast<Reduction>(ctx->saved_data["reduction"].toInt());
+// The gradient per sample from the gradient of the op's (possibly reduced) output; input [B, ...] gives B.
+at::Tensor grad_per_sample(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& input) {
+  return per_sample_grad(grad, input.size(0), static_cast<Reduction>(ctx->saved_data["reduction"].toInt()));
 }
 
 // ---- reparameterize, reparameterize_philox, reparameterize_with_eps --------------------------------------
@@ -161,11 +162,6 @@ struct ReparameterizeWithEps : public torch::autograd::Function<ReparameterizeWi
 
 using KlBackward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
-// The KL's gradient per sample (mu [B, ...] gives B), from the gradient of the reduced KL.
-at::Tensor kl_grad_per_sample(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& mu) {
-  return per_sample_grad(grad, mu.size(0), saved_reduction(ctx));
-}
-
 struct ReparameterizeKl : public torch::autograd::Function<ReparameterizeKl> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
                                std::optional<int64_t> num_samples, std::optional<at::Generator> generator,
@@ -188,7 +184,7 @@ struct ReparameterizeKl : public torch::autograd::Function<ReparameterizeKl> {
     return once_differentiable("vaefast::reparameterize_kl", ctx, grads, [&]() -> variable_list {
       const at::Tensor& grad_z = grads[0];
       const auto saved = ctx->get_saved_variables();
-      const at::Tensor grad_kl = kl_grad_per_sample(ctx, grads[1], saved[1]);
+      const at::Tensor grad_kl = grad_per_sample(ctx, grads[1], saved[1]);
       at::Tensor grad_mu, grad_logvar;
       if (grad_z.defined() && grad_kl.defined()) {
         std::tie(grad_mu, grad_logvar) = backward_op.call(grad_z, grad_kl, saved[0], saved[1], saved[2]);
@@ -218,7 +214,7 @@ struct GaussianKl : public torch::autograd::Function<GaussianKl> {
     static const auto backward_op = op_handle<KlBackward>("vaefast::gaussian_kl_backward");
     return once_differentiable("vaefast::gaussian_kl", ctx, grads, [&]() -> variable_list {
       const auto saved = ctx->get_saved_variables();
-      auto [grad_mu, grad_logvar] = backward_op.call(kl_grad_per_sample(ctx, grads[0], saved[0]), saved[0], saved[1]);
+      auto [grad_mu, grad_logvar] = backward_op.call(grad_per_sample(ctx, grads[0], saved[0]), saved[0], saved[1]);
       return {grad_mu, grad_logvar, at::Tensor()};
     });
   }
@@ -241,7 +237,7 @@ struct GaussianNll : public torch::autograd::Function<GaussianNll> {
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>("vaefast::gaussian_nll_backward");
     return once_differentiable("vaefast::gaussian_nll", ctx, grads, [&]() -> variable_list {
       const auto saved = ctx->get_saved_variables();
-      const at::Tensor grad = per_sample_grad(grads[0], saved[0].size(0), saved_reduction(ctx));
+      const at::Tensor grad = grad_per_sample(ctx, grads[0], saved[0]);
       auto [grad_x_hat, grad_log_gamma] = backward_op.call(grad, saved[0], saved[1], saved[2]);
       at::Tensor grad_x;
       if (needs(ctx, 0)) grad_x = -grad_x_hat;  // d/dx = -d/dx_hat, only when asked
