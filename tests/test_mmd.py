@@ -16,7 +16,7 @@ from vaefast import _backend
 from vaefast.ops import philox, reference
 
 from .conftest import assert_close64, assert_earned, max_error
-from .op_testing import assert_same_bits_at_1_and_2_threads, same_bits
+from .op_testing import assert_same_bits_at_1_and_2_threads, at_thread_counts, same_bits
 
 KERNELS = ("imq", "rbf", "poly")
 COMPILED = _backend.compiled("kernel_sum_self", torch.device("cpu"))
@@ -444,6 +444,19 @@ def test_with_grad_ops_agree_with_the_sum_and_the_backward_ops(kernel, n, m):
 def test_bit_identical_whatever_the_thread_count(kernel, n, m):
     x, y = samples(n, m, 9, dtype=torch.float32)
     assert_same_bits_at_1_and_2_threads(lambda: value_and_grads(vaefast.mmd, x, y, kernel=kernel))
+
+
+@needs_compiled
+@pytest.mark.parametrize("n, m", [(257, 520), (520, 300)])  # 9 / 17 / 10 blocks: odd self rounds with a bye
+def test_bit_identical_with_more_threads_than_cores(n, m):
+    """The rounds run without barriers, each block's tiles in round order whichever thread takes them: 3 and
+    7 threads on this machine's cores (descheduled threads, slots held back and retried) give the 1-thread
+    bits, for the gradient rounds of the self sums and of the cross sum."""
+    x, y = samples(n, m, 9, dtype=torch.float32)
+    runs = at_thread_counts(lambda: value_and_grads(vaefast.mmd, x, y, kernel="imq"), counts=(1, 3, 7))
+    for other in runs[1:]:
+        for index, (a, b) in enumerate(zip(runs[0], other, strict=True)):
+            assert same_bits(a, b), f"output {index} differs from the 1-thread run"
 
 
 @pytest.mark.parametrize(

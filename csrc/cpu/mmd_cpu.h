@@ -15,6 +15,9 @@
 
 #include "../common/params.h"
 #include "cpu_common.h"
+
+#include <atomic>
+#include <thread>
 // After cpu_common.h: the RBF's math_exp must see the Vec overloads declared there.
 #include "../common/mmd_math.h"
 
@@ -291,48 +294,142 @@ void tile_gradients(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Ti
 // block total, like every gradient row, receives its tiles in one fixed order, the order of the rounds
 // below, whatever the thread count and whether or not the gradient is computed: same bits either way.
 
-// Runs the rounds' tiles, round after round (tiles(round, list) fills the round's list): within a round no
-// two tiles touch the same block of rows, so the tiles of a round run in parallel without a race.
-template <typename Tiles, typename RunTile>
-void run_rounds(int64_t num_rounds, const Tiles& tiles, const RunTile& run_tile) {
-  std::vector<Tile> round_tiles;
-  for (int64_t round = 0; round < num_rounds; ++round) {
-    round_tiles.clear();
-    tiles(round, round_tiles);
-    at::parallel_for(0, static_cast<int64_t>(round_tiles.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) run_tile(round_tiles[t]);
-    });
-  }
+// One slot of a round: the block of each side it touches (kNoBlock where that side has none: the slot then
+// only moves the other side's block on to the next round) and the round it belongs to.
+constexpr int64_t kNoBlock = -1;
+struct Slot {
+  int64_t round;
+  Tile tile;
+};
+
+// Most slots a worker holds back while their blocks are busy (see run_rounds): a bound on its list, far
+// more than the slots one descheduled thread can hold up before the others run out of independent work.
+constexpr size_t kMaxDeferredSlots = 64;
+
+// Runs a schedule of rounds in which every block of each side appears in exactly one slot per round, as if
+// round after round, but without a barrier between rounds. Each block counts the rounds it has finished;
+// a slot of round r runs once its blocks have finished round r - 1, then moves them on to round r + 1. So
+// every block receives its tiles in round order (same bits at any thread count), while a thread that the
+// OS deschedules holds up only the slots that need its blocks, not every other thread at the end of every
+// round (an OpenMP region per round made forward+backward at n = m = 2048, d = 64 on 2 threads beside one
+// busy process 4.6x slower than one thread: benchmarks/results/cpu_contention.md). Workers take slots in
+// order from a shared counter; a slot whose blocks are busy is held back and retried, and the
+// worker runs later, independent slots meanwhile. Progress: the earliest unfinished slot always has its
+// blocks free, and the worker holding it runs it once scheduled.
+// shared_blocks: both sides are one operand's blocks (the self sum), with one set of counters.
+template <typename Schedule, typename RunTile>
+void run_rounds(const Schedule& schedule, int64_t a_blocks, int64_t b_blocks, bool shared_blocks,
+                const RunTile& run_tile) {
+  const int64_t num_slots = schedule.num_slots();
+  std::vector<std::atomic<int64_t>> a_rounds(a_blocks);
+  std::vector<std::atomic<int64_t>> b_rounds(shared_blocks ? 0 : b_blocks);
+  for (auto& finished : a_rounds) finished.store(0, std::memory_order_relaxed);
+  for (auto& finished : b_rounds) finished.store(0, std::memory_order_relaxed);
+  std::vector<std::atomic<int64_t>>& b_side = shared_blocks ? a_rounds : b_rounds;
+  auto block_ready = [](const std::vector<std::atomic<int64_t>>& finished, int64_t block, int64_t round) {
+    return block == kNoBlock || finished[block].load(std::memory_order_acquire) == round;
+  };
+  auto ready = [&](const Slot& slot) {
+    return block_ready(a_rounds, slot.tile.a_block, slot.round) && block_ready(b_side, slot.tile.b_block, slot.round);
+  };
+  // Moves the slot's blocks on to the next round, making the tile's writes visible to the next slot.
+  auto advance = [&](const Slot& slot) {
+    const Tile& tile = slot.tile;
+    if (tile.a_block != kNoBlock) a_rounds[tile.a_block].store(slot.round + 1, std::memory_order_release);
+    const bool same_counter = shared_blocks && tile.a_block == tile.b_block;
+    if (tile.b_block != kNoBlock && !same_counter) {
+      b_side[tile.b_block].store(slot.round + 1, std::memory_order_release);
+    }
+  };
+  std::atomic<int64_t> next_slot{0};
+  // One worker per thread; a serial call (inside another parallel region, say) runs one worker, which
+  // takes every slot in order, each ready when taken.
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    std::vector<Slot> deferred;  // claimed, in slot order, waiting for their blocks
+    auto finish_slot = [&](const Slot& slot) {
+      if (slot.tile.a_block != kNoBlock && slot.tile.b_block != kNoBlock) run_tile(slot.tile);
+      advance(slot);
+    };
+    bool claimed_all = false;
+    while (!claimed_all || !deferred.empty()) {
+      bool progressed = false;
+      for (size_t i = 0; i < deferred.size();) {
+        if (ready(deferred[i])) {
+          finish_slot(deferred[i]);
+          deferred.erase(deferred.begin() + static_cast<std::ptrdiff_t>(i));
+          progressed = true;
+        } else {
+          ++i;
+        }
+      }
+      if (!claimed_all && deferred.size() < kMaxDeferredSlots) {
+        const int64_t index = next_slot.fetch_add(1, std::memory_order_relaxed);
+        if (index < num_slots) {
+          const Slot slot = schedule.slot(index);
+          if (ready(slot)) {
+            finish_slot(slot);
+          } else {
+            deferred.push_back(slot);
+          }
+          continue;
+        }
+        claimed_all = true;
+        continue;
+      }
+      // Every held slot waits on a block another thread is working on: give that thread the core.
+      if (!progressed) std::this_thread::yield();
+    }
+  });
 }
 
 // The self sum's rounds: round 0 holds every block's diagonal tile; then a round-robin tournament (the
 // circle method over an even number of players, the last a "bye" when the block count is odd) pairs every
-// two blocks I < J once, each block in at most one tile per round. Tile (I, J) counts towards block I.
+// two blocks I < J once, each block in exactly one slot per round. Tile (I, J) counts towards block I.
 struct SelfRounds {
   int64_t num_blocks;
   int64_t players;  // num_blocks rounded up to even
   explicit SelfRounds(int64_t count)
       : num_blocks((count + kBlockRows - 1) / kBlockRows), players(num_blocks + num_blocks % 2) {}
-  int64_t num_rounds() const { return players; }
-  // Round r + 1 pairs player `ring` with r and (r + k) mod ring with (r - k) mod ring for 0 < k < players / 2.
-  void tiles(int64_t round, std::vector<Tile>& list) const {
-    if (round == 0) {
-      for (int64_t block = 0; block < num_blocks; ++block) list.push_back({block, block});
-      return;
-    }
+  int64_t num_slots() const { return num_blocks + (players - 1) * (players / 2); }
+  // Slots 0 .. num_blocks - 1: round 0's diagonal tiles. Round r + 1 pairs player `ring` with r (its slot 0)
+  // and (r + k) mod ring with (r - k) mod ring (slot k) for 0 < k < players / 2; a player past the last
+  // block is the bye, and its partner's slot only moves that block on.
+  Slot slot(int64_t index) const {
+    if (index < num_blocks) return {0, {index, index}};
     const int64_t ring = players - 1;
-    const int64_t r = round - 1;
-    auto add = [&](int64_t first, int64_t second) {
-      if (first < num_blocks && second < num_blocks) list.push_back({std::min(first, second), std::max(first, second)});
-    };
-    add(ring, r);
-    for (int64_t k = 1; k < players / 2; ++k) add((r + k) % ring, (r - k + ring) % ring);
+    const int64_t r = (index - num_blocks) / (players / 2);
+    const int64_t k = (index - num_blocks) % (players / 2);
+    const int64_t first = k == 0 ? ring : (r + k) % ring;
+    const int64_t second = k == 0 ? r : (r - k + ring) % ring;
+    if (first >= num_blocks) return {r + 1, {second, kNoBlock}};
+    if (second >= num_blocks) return {r + 1, {first, kNoBlock}};
+    return {r + 1, {std::min(first, second), std::max(first, second)}};
   }
   // The round of tile (first, second), first < second: the pair sums to 2 r (mod ring), and ring is odd.
   int64_t round_of(int64_t first, int64_t second) const {
     const int64_t ring = players - 1;
     if (second == ring) return first + 1;
     return (first + second) * ((ring + 1) / 2) % ring + 1;
+  }
+};
+
+// The cross sum's rounds: round r pairs block I of a with block (I + r) mod ring of b, ring = max(blocks):
+// every pair of blocks once, each block of either side in exactly one slot per round (a slot whose partner
+// does not exist only moves its block on). Block I's sum receives its tiles in that order.
+struct CrossRounds {
+  int64_t a_blocks;
+  int64_t b_blocks;
+  int64_t ring;
+  CrossRounds(int64_t a_count, int64_t b_count)
+      : a_blocks((a_count + kBlockRows - 1) / kBlockRows),
+        b_blocks((b_count + kBlockRows - 1) / kBlockRows),
+        ring(std::max(a_blocks, b_blocks)) {}
+  int64_t num_slots() const { return ring * ring; }
+  Slot slot(int64_t index) const {
+    const int64_t round = index / ring;
+    const int64_t a_block = index % ring;
+    const int64_t b_block = (a_block + round) % ring;
+    return {round, {a_block < a_blocks ? a_block : kNoBlock, b_block < b_blocks ? b_block : kNoBlock}};
   }
 };
 
@@ -371,41 +468,33 @@ double self_sum(const PackedOperand<acc>& x, bool exclude_diagonal, const PairKe
       }
     });
   } else {
-    run_rounds(
-        rounds.num_rounds(), [&](int64_t round, std::vector<Tile>& list) { rounds.tiles(round, list); },
-        [&](Tile tile) {
-          alignas(64) TileWeights<acc> weight;
-          const bool diagonal = tile.a_block == tile.b_block;
-          const double value = tile_values<kernel>(x, x, tile, true, exclude_diagonal, constants, &weight);
-          block_totals[tile.a_block] = diagonal ? value : block_totals[tile.a_block] + value;
-          tile_gradients<uses_dot_product<kernel>()>(x, x, tile, !diagonal, weight, gradient, gradient);
-        });
+    run_rounds(rounds, num_blocks, num_blocks, /*shared_blocks=*/true, [&](Tile tile) {
+      alignas(64) TileWeights<acc> weight;
+      const bool diagonal = tile.a_block == tile.b_block;
+      const double value = tile_values<kernel>(x, x, tile, true, exclude_diagonal, constants, &weight);
+      block_totals[tile.a_block] = diagonal ? value : block_totals[tile.a_block] + value;
+      tile_gradients<uses_dot_product<kernel>()>(x, x, tile, !diagonal, weight, gradient, gradient);
+    });
   }
   double total = 0;
   for (const double block_total : block_totals) total += block_total;
   return total;
 }
 
-// Round r pairs block I of a with block (I + r) mod max(blocks) of b (those that exist): every pair of
-// blocks once, each block at most once per round. Block I's sum receives its tiles in that order.
+// The pairs of a's and b's blocks in the order of CrossRounds.
 template <PairKernel kernel, typename acc>
 double cross_sum(const PackedOperand<acc>& a, const PackedOperand<acc>& b, const PairKernelConstants<acc>& constants,
                  acc* grad_a, acc* grad_b) {
   constexpr bool dot_product = uses_dot_product<kernel>();
-  const int64_t a_blocks = (a.count + kBlockRows - 1) / kBlockRows;
-  const int64_t b_blocks = (b.count + kBlockRows - 1) / kBlockRows;
-  const int64_t ring = std::max(a_blocks, b_blocks);
+  const CrossRounds rounds(a.count, b.count);
+  const int64_t a_blocks = rounds.a_blocks;
+  const int64_t b_blocks = rounds.b_blocks;
+  const int64_t ring = rounds.ring;
   std::vector<double> block_totals(a_blocks, 0.0);
   // Rounds only when both sides take gradients: a's side alone runs block by block below, the same tiles
   // in the same order (the same bits) without a barrier per round.
   if (grad_a != nullptr && grad_b != nullptr && std::min(a_blocks, b_blocks) >= kMinTilesPerRound) {
-    auto tiles = [&](int64_t round, std::vector<Tile>& list) {
-      for (int64_t block = 0; block < a_blocks; ++block) {
-        const int64_t other = (block + round) % ring;
-        if (other < b_blocks) list.push_back({block, other});
-      }
-    };
-    run_rounds(ring, tiles, [&](Tile tile) {
+    run_rounds(rounds, a_blocks, b_blocks, /*shared_blocks=*/false, [&](Tile tile) {
       alignas(64) TileWeights<acc> weight;
       block_totals[tile.a_block] += tile_values<kernel>(a, b, tile, false, false, constants, &weight);
       tile_gradients<dot_product>(a, b, tile, true, weight, grad_a, grad_b);
