@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import one_hot
 
+from vaefast import checks
+
 from .output import ModelOutput
 from .vae import VAE, VAEConfig
 
@@ -20,8 +22,7 @@ class CVAEConfig(VAEConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1; got {self.num_classes}")
+        self.num_classes = checks.integer("num_classes", self.num_classes)
 
 
 class ConditionalVAE(VAE):
