@@ -45,13 +45,21 @@ def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
+    return _not_huge(value)
 
 
 def non_negative_int(text):
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {value}")
+    return _not_huge(value)
+
+
+def _not_huge(value):
+    # No count or size here comes near 2^31 (MNIST has 2^16 examples); a larger one is a slip of the keyboard
+    # that would overflow torch's size arithmetic (a traceback) or loop for ever.
+    if value >= 2**31:
+        raise argparse.ArgumentTypeError(f"must be below 2^31; got {value}")
     return value
 
 
@@ -81,7 +89,7 @@ def gamma(text):
         return text
     try:
         return positive_float(text)
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"must be 'learned', 'optimal' or a positive number; got {text!r}") from None
 
 
@@ -143,7 +151,7 @@ def build_parser():
                                  description="Draw samples from a trained model and save them as one PNG grid.")
     sample.add_argument("checkpoint", help="a checkpoint written by `vaefast train`")
     sample.add_argument("-n", "--num-samples", type=positive_int, default=64)
-    sample.add_argument("--out", default="grid.png", help="PNG path (default: grid.png)")
+    sample.add_argument("--out", default="grid.png", help="PNG path, ending in .png (default: grid.png)")
     sample.add_argument("--seed", type=seed, default=0)
     sample.add_argument("--device", type=device, default="cpu")
     sample.set_defaults(run=run_sample)

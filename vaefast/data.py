@@ -230,7 +230,8 @@ def _read_npz(path, split):
         if "x_train" not in archive.files:
             raise ValueError(f"{path} has no array 'x_train'; expected x_train/y_train/x_test/y_test, "
                              f"found {sorted(archive.files)}")
-        key = split if "x_test" in archive.files else "train"
+        has_test = "x_test" in archive.files
+        key = split if has_test else "train"
         names = (f"x_{key} in {path}", f"y_{key} in {path}")
         try:
             x = archive[f"x_{key}"]
@@ -238,7 +239,7 @@ def _read_npz(path, split):
         # A damaged member: BadZipFile (CRC), zlib.error or EOFError (cut), ValueError (object arrays).
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise ValueError(f"{unreadable}; {names[0]} or its labels cannot be read") from error
-    return x, y, names, None if key == split else split
+    return x, y, names, None if has_test else split
 
 
 def read_idx(path):

@@ -246,6 +246,9 @@ def save_grid(images, path, *, columns=None):
     images under 32 pixels wide are enlarged by an integer factor."""
     import matplotlib.image
 
+    # matplotlib picks the format from the suffix, and an unknown one ("grid.5") escapes PIL as a KeyError.
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"a sample grid is a PNG file: its path must end in .png; got {str(path)!r}")
     images = images.detach().float().clamp(0, 1).cpu()
     if images.dim() == 2:  # flat samples of a square image: [N, H*W] -> [N, 1, H, W]
         side = math.isqrt(images.shape[1])
