@@ -5,7 +5,6 @@ or of another model). Then hypothesis fuzzes the same surface with argument valu
 The CLI runs in-process through vaefast.cli.main (an exception escaping it fails the test, so a return of 2
 shows there was no traceback); two real subprocesses check the console itself.
 """
-import json
 import os
 import re
 import subprocess
@@ -21,6 +20,7 @@ from hypothesis.extra import numpy as hnp
 
 from vaefast.cli import main
 from vaefast.data import as_dataset, load_dataset, read_idx
+from vaefast.metrics import train_classifier
 from vaefast.models import VAE, WAE, CVAEConfig, ConditionalVAE, TwoStageConfig, TwoStageVAE, VAEConfig, WAEConfig
 from vaefast.train import TrainConfig, load_checkpoint, load_model, train
 
@@ -157,7 +157,8 @@ def test_non_finite_values_name_the_array_and_first_index(tmp_path, bad):
     assert str(error.value) == (f"data has a value that is not finite in float32 at index {list(index)}: "
                                 f"{float(x[index])!r}")
     path = write_npz(tmp_path / "bad.npz", x_train=x)
-    with pytest.raises(ValueError, match=rf"x_train in {path} has a value that is not finite .* index {re.escape(str(list(index)))}"):
+    at_index = re.escape(str(list(index)))
+    with pytest.raises(ValueError, match=rf"x_train in {path} has a value that is not finite .* index {at_index}"):
         load_dataset(path)
 
 
@@ -167,10 +168,11 @@ def test_values_outside_the_unit_interval(tmp_path):
     x = rng().random((20, 5)).astype(np.float32)
     index = (int(rng().integers(20)), int(rng().integers(5)))
     x[index] = 1.5
-    with pytest.raises(ValueError, match=rf"x_train in .* value outside \[0, 1\].* at index {re.escape(str(list(index)))}: 1.5"):
+    at_index = re.escape(str(list(index)))
+    with pytest.raises(ValueError, match=rf"x_train in .* value outside \[0, 1\].* at index {at_index}: 1.5"):
         load_dataset(write_npz(tmp_path / "wide.npz", x_train=x))
     rows, _ = as_dataset(x)
-    with pytest.raises(ValueError, match=rf"x has a value outside \[0, 1\].* at index {re.escape(str(list(index)))}: 1.5"):
+    with pytest.raises(ValueError, match=rf"x has a value outside \[0, 1\].* at index {at_index}: 1.5"):
         train(VAE(VAEConfig(data_shape=(5,), latent_dim=2, hidden_dims=(4,))), rows,
               TrainConfig(epochs=1, batch_size=4, progress=False))
     linear = VAE(VAEConfig(data_shape=(5,), latent_dim=2, hidden_dims=(4,), output_activation="linear"))
@@ -244,7 +246,8 @@ def test_damaged_and_foreign_data_files(tmp_path):
     idx.mkdir()
     header = bytes([0, 0, 0x08, 3]) + np.asarray([10, 28, 28], dtype=">i4").tobytes()
     (idx / "train-images-idx3-ubyte").write_bytes(header + bytes(100))
-    (idx / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 0x08, 1]) + np.asarray([10], ">i4").tobytes() + bytes(10))
+    labels_header = bytes([0, 0, 0x08, 1]) + np.asarray([10], dtype=">i4").tobytes()
+    (idx / "train-labels-idx1-ubyte").write_bytes(labels_header + bytes(10))
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated or damaged: its header promises "
                                          r"\[10, 28, 28\] values"):
         load_dataset(idx)
@@ -365,6 +368,19 @@ def test_resume_from_another_model_stage_or_a_later_epoch(tmp_path, trained, cap
     assert "it is at epoch 5, past epochs = 1" in last_error_line(capsys)
 
 
+def test_batches_and_splits_too_small_for_the_mmd(tmp_path, trained, capsys):
+    assert main(["train", "wae", *TINY, "--batch-size", "1", "--out", str(tmp_path)]) == 2
+    assert last_error_line(capsys) == ("vaefast train: error: a WAE needs --batch-size >= 2 (its MMD estimate "
+                                       "compares latents pairwise); got 1")
+    assert main(["eval", str(trained), "--no-features", "--limit", "1"]) == 2
+    assert last_error_line(capsys) == ("vaefast eval: error: evaluation needs at least 2 examples; digits's test "
+                                       "split (--limit 1) has 1")
+    path = write_npz(tmp_path / "one_test.npz", x_train=rng().random((20, 8, 8)), x_test=rng().random((1, 8, 8)))
+    assert main(["train", "vae", *TINY, "--data", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert last_error_line(capsys).endswith(f"evaluation needs at least 2 examples; {path}'s test split has 1")
+    assert not (tmp_path / "run").exists()  # refused before training
+
+
 def test_eval_on_data_of_another_shape(tmp_path, trained, capsys):
     path = write_npz(tmp_path / "wide.npz", x_train=rng().random((20, 3, 5)))
     assert main(["eval", str(trained), "--data", str(path), "--no-features"]) == 2
@@ -373,6 +389,15 @@ def test_eval_on_data_of_another_shape(tmp_path, trained, capsys):
     unlabelled = write_npz(tmp_path / "unlabelled.npz", x_train=rng().random((20, 8, 8)))
     assert main(["eval", str(trained), "--data", str(unlabelled), "--cache-dir", str(tmp_path)]) == 2
     assert "the feature classifier for FD and KID trains on labels" in last_error_line(capsys)
+
+
+def test_a_damaged_classifier_cache_is_trained_again(tmp_path):
+    x, y = load_dataset("digits", limit=64)
+    cache = tmp_path / "classifier.pt"
+    cache.write_bytes(b"PK\x03\x04 cut short")
+    _, info = train_classifier(x, y, epochs=1, cache_path=cache)
+    assert info["num_classes"] == 10
+    assert torch.load(cache, weights_only=True)["info"] == info  # overwritten with the fresh result
 
 
 # ------------------------------------------------------------------------------------------ the fuzzing

@@ -124,20 +124,23 @@ def build_parser():
                        "the official 800 for 400)")
     train.add_argument("--batch-size", type=positive_int, default=64, help="batch size per process (official: 64)")
     train.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (official: 1e-4)")
-    train.add_argument("--lr-halve-every", type=non_negative_int, help="halve lr every K epochs (default: the official 150 for "
-                       "stage 1 and single models, 300 for stage 2); 0 keeps it constant")
-    train.add_argument("--latent-dim", type=positive_int, help="latent dimension (default: 64, the paper's, or a quarter of "
-                       "the data's dimension when that is smaller: 16 for 8x8 digits)")
+    train.add_argument("--lr-halve-every", type=non_negative_int, help="halve lr every K epochs (default: the "
+                       "official 150 for stage 1 and single models, 300 for stage 2); 0 keeps it constant")
+    train.add_argument("--latent-dim", type=positive_int, help="latent dimension (default: 64, the paper's, or a "
+                       "quarter of the data's dimension when that is smaller: 16 for 8x8 digits)")
     train.add_argument("--architecture", choices=["mlp", "infogan", "resnet"],
                        help="networks (default: infogan for 28x28 and 32x32 images, mlp otherwise)")
-    train.add_argument("--gamma", type=gamma, default="learned", help="vae/two-stage decoder std: learned, optimal or a number")
-    train.add_argument("--mmd-weight", type=non_negative_float, default=10.0, help="wae: lambda, the weight of the MMD term")
-    train.add_argument("--stage2-width", type=positive_int, help="two-stage: stage-2 layer width (default: 16 x the latent "
-                       "dimension up to 1024: the paper's 1024 for kappa = 64, 256 for the digits' 16)")
+    train.add_argument("--gamma", type=gamma, default="learned",
+                       help="vae/two-stage decoder std: learned, optimal or a number")
+    train.add_argument("--mmd-weight", type=non_negative_float, default=10.0,
+                       help="wae: lambda, the weight of the MMD term")
+    train.add_argument("--stage2-width", type=positive_int, help="two-stage: stage-2 layer width (default: 16 x the "
+                       "latent dimension up to 1024: the paper's 1024 for kappa = 64, 256 for the digits' 16)")
     train.add_argument("--stage2-depth", type=positive_int, default=3, help="two-stage: stage-2 layers (paper: 3)")
     train.add_argument("--seed", type=seed, default=0, help="seeds the initial weights, data order and noise")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    train.add_argument("--checkpoint-every", type=positive_int, help="epochs between checkpoints (always one at the end)")
+    train.add_argument("--checkpoint-every", type=positive_int,
+                       help="epochs between checkpoints (always one at the end)")
     train.add_argument("--log-every", type=positive_int, default=50, help="steps between metric records")
     train.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
@@ -189,6 +192,9 @@ def run_train(args):
     from .models import build
     from .train import TrainConfig, save_grid, train, train_two_stage
 
+    if args.kind == "wae" and args.batch_size < 2:
+        raise ValueError(f"a WAE needs --batch-size >= 2 (its MMD estimate compares latents pairwise); got "
+                         f"{args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
     x, labels = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit)
@@ -197,6 +203,7 @@ def run_train(args):
     if x_test.shape[1:] != x.shape[1:]:
         raise ValueError(f"the test split's examples are {list(x_test.shape[1:])}, the training split's "
                          f"{list(x.shape[1:])}")
+    check_evaluable(x_test, f"{args.data}'s test split")
     torch.manual_seed(args.seed)  # the initial weights
     model = build(args.kind, model_config(args, tuple(x.shape[1:])))
     out = Path(args.out)
@@ -238,7 +245,7 @@ def model_config(args, data_shape):
     networks = {"data_shape": data_shape, "latent_dim": latent_dim, "architecture": architecture}
     if args.kind == "wae":
         return {**networks, "mmd_weight": args.mmd_weight}
-    gamma = args.gamma if args.gamma in ("learned", "optimal") else float(args.gamma)
+    gamma = args.gamma  # "learned", "optimal" or a positive float (the gamma argparse type)
     if args.kind == "vae":
         return {**networks, "gamma": gamma}
     return {"stage1": {**networks, "gamma": gamma}, "stage2_width": args.stage2_width or min(1024, 16 * latent_dim),
@@ -277,6 +284,7 @@ def run_eval(args):
     if tuple(x.shape[1:]) != shape:
         raise ValueError(f"{args.checkpoint} models {list(shape)} examples; {data}'s {args.split} split holds "
                          f"{list(x.shape[1:])}")
+    check_evaluable(x, f"{data}'s {args.split} split" + (f" (--limit {args.limit})" if args.limit else ""))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
     extractor = None
     if args.inception:
@@ -292,6 +300,12 @@ def run_eval(args):
     evaluate_and_report(model, x, data, args.split, args.device, out, extractor=extractor,
                         iwae_samples=args.iwae_samples)
     return 0
+
+
+def check_evaluable(x, what):
+    """The evaluation's latent MMD is an unbiased estimate, which needs two examples at least."""
+    if x.shape[0] < 2:
+        raise ValueError(f"evaluation needs at least 2 examples; {what} has {x.shape[0]}")
 
 
 def data_shape(model):
