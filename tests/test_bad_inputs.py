@@ -5,6 +5,7 @@ or of another model). Then hypothesis fuzzes the same surface with argument valu
 The CLI runs in-process through vaefast.cli.main (an exception escaping it fails the test, so a return of 2
 shows there was no traceback); two real subprocesses check the console itself.
 """
+import dataclasses
 import os
 import re
 import subprocess
@@ -109,6 +110,7 @@ def test_all_nan_data_is_refused_at_load(tmp_path, capsys):
     ("eval", "--limit", "0", "must be a positive integer; got 0"),
     ("eval", "--iwae-samples", "0", "must be a positive integer; got 0"),
     ("train", "--epochs", "two", "invalid positive_int value: 'two'"),
+    ("train", "--latent-dim", str(2**64), f"must be at most {2**31 - 1}; got {2**64}"),
 ])
 def test_bad_flags_are_argparse_errors(tmp_path, capsys, command, flag, value, wanted):
     argv = {"train": ["train", "two-stage", "--out", str(tmp_path)], "sample": ["sample", "x.pt"],
@@ -169,10 +171,10 @@ def test_values_outside_the_unit_interval(tmp_path):
     index = (int(rng().integers(20)), int(rng().integers(5)))
     x[index] = 1.5
     at_index = re.escape(str(list(index)))
-    with pytest.raises(ValueError, match=rf"x_train in .* value outside \[0, 1\].* at index {at_index}: 1.5"):
+    with pytest.raises(ValueError, match=rf"x_train in .* a value outside \[0, 1\] at index {at_index}: 1.5 \("):
         load_dataset(write_npz(tmp_path / "wide.npz", x_train=x))
     rows, _ = as_dataset(x)
-    with pytest.raises(ValueError, match=rf"x has a value outside \[0, 1\].* at index {at_index}: 1.5"):
+    with pytest.raises(ValueError, match=rf"^x has a value outside \[0, 1\] at index {at_index}: 1.5 \("):
         train(VAE(VAEConfig(data_shape=(5,), latent_dim=2, hidden_dims=(4,))), rows,
               TrainConfig(epochs=1, batch_size=4, progress=False))
     linear = VAE(VAEConfig(data_shape=(5,), latent_dim=2, hidden_dims=(4,), output_activation="linear"))
@@ -185,7 +187,7 @@ def test_integers_are_grey_levels_0_to_255(tmp_path):
         x, _ = load_dataset(write_npz(tmp_path / "levels.npz", x_train=levels.astype(dtype), x_test=levels[:2]))
         assert torch.equal(x, torch.from_numpy(levels).float().unsqueeze(1) / 255)
     levels[3, 2, 1] = 256
-    with pytest.raises(ValueError, match=r"an integer outside 0\.\.255 .* at index \[3, 2, 1\]: 256"):
+    with pytest.raises(ValueError, match=r"an integer outside 0\.\.255 at index \[3, 2, 1\]: 256 \(integer data"):
         as_dataset(levels)
     assert torch.equal(as_dataset(np.eye(3, dtype=bool))[0], torch.eye(3))
 
@@ -310,6 +312,8 @@ VAE_SHAPE = dict(data_shape=(4,), hidden_dims=(8,))
     (lambda: TrainConfig(max_bad_steps=0), "max_bad_steps"),
     (lambda: TrainConfig(seed=-1), "seed"),
     (lambda: TrainConfig(seed=2**63), "seed"),
+    (lambda: VAEConfig(**VAE_SHAPE, latent_dim=2**63), "latent_dim"),
+    (lambda: TwoStageConfig(stage1=VAEConfig(**VAE_SHAPE), stage2_depth=2**31), "stage2_depth"),
     (lambda: TrainConfig(device="gpu"), "device"),
 ])
 def test_configs_name_the_bad_field(make, field):
@@ -433,10 +437,40 @@ def assert_clean_exit(run, capsys):
 
 
 @FUZZ
-@given(kind=st.sampled_from(["vae", "wae", "two-stage"]), flag=st.sampled_from(TRAIN_FLAGS), value=VALUES)
-def test_fuzz_train_flags(tmp_path, capsys, kind, flag, value):
-    argv = ["train", kind, *TINY, "--stage2-width", "8", "--out", str(tmp_path / "run"), flag, value]
+@given(kind=st.sampled_from(["vae", "wae", "two-stage"]),
+       flags=st.lists(st.tuples(st.sampled_from(TRAIN_FLAGS), VALUES), min_size=1, max_size=3))
+def test_fuzz_train_flags(tmp_path, capsys, kind, flags):
+    argv = ["train", kind, *TINY, "--stage2-width", "8", "--out", str(tmp_path / "run"),
+            *[word for pair in flags for word in pair]]
     assert_clean_exit(lambda: main(argv), capsys)
+
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.integers(2**63, 2**70),
+                 st.sampled_from([float("nan"), float("inf"), -1.0, 0.0, 0.5, 2.0]), st.text(max_size=5),
+                 st.sampled_from(["learned", "optimal", "mlp", "infogan", "bernoulli", "linear", "cpu", "rbf"]),
+                 st.lists(st.integers(-1, 4), max_size=3))
+CONFIGS = {
+    "vae": (VAEConfig, VAE, dict(data_shape=(4,), hidden_dims=(8,), latent_dim=2)),
+    "wae": (WAEConfig, WAE, dict(data_shape=(4,), hidden_dims=(8,), latent_dim=2)),
+    "cvae": (CVAEConfig, ConditionalVAE, dict(data_shape=(4,), hidden_dims=(8,), latent_dim=2)),
+    "two-stage": (TwoStageConfig, TwoStageVAE, dict(stage1=VAEConfig(data_shape=(4,), hidden_dims=(8,)),
+                                                    stage2_width=4)),
+    "train": (TrainConfig, None, {}),
+}
+
+
+@FUZZ
+@given(kind=st.sampled_from(sorted(CONFIGS)), data=st.data())
+def test_fuzz_config_fields(kind, data):
+    """Any config with one field set to junk is built, and then makes a model, or raises a ValueError."""
+    config_class, model_class, base = CONFIGS[kind]
+    field = data.draw(st.sampled_from([f.name for f in dataclasses.fields(config_class)]))
+    try:
+        config = config_class(**{**base, field: data.draw(JUNK)})
+        if model_class is not None:
+            model_class(config)
+    except ValueError as error:
+        assert "\n" not in str(error)
 
 
 @FUZZ
@@ -473,11 +507,19 @@ CHECKPOINT_JUNK = st.one_of(st.none(), st.integers(-2, 3), st.text(max_size=4), 
 
 
 @FUZZ
-@given(key=st.sampled_from(["kind", "config", "model", "stage", "epoch", "format"]), value=CHECKPOINT_JUNK)
+@given(key=st.sampled_from(["kind", "config", "model", "stage", "epoch", "format", "config.latent_dim",
+                            "config.data_shape", "config.architecture", "config.gamma", "config.hidden_dims"]),
+       value=CHECKPOINT_JUNK)
 def test_fuzz_checkpoint_fields(tmp_path, capsys, trained, key, value):
-    """A checkpoint with one field replaced by junk: loads, or is a one-line error."""
+    """A checkpoint with one field (or one field of its model config) replaced by junk: loads, or is a
+    one-line error."""
+    checkpoint = load_checkpoint(trained)
+    if key.startswith("config."):
+        checkpoint["config"] = {**checkpoint["config"], key.split(".")[1]: value}
+    else:
+        checkpoint[key] = value
     damaged = tmp_path / "junk.pt"
-    torch.save({**load_checkpoint(trained), key: value}, damaged)
+    torch.save(checkpoint, damaged)
     assert_clean_exit(lambda: main(["sample", str(damaged), "-n", "2", "--out", str(tmp_path / "g.png")]), capsys)
 
 

@@ -8,15 +8,23 @@ import math
 import numbers
 
 
-def integer(name, value, *, minimum=1):
-    """An int >= minimum. Floats (even 2.0) and bools are refused: a count or a size is never either."""
+# No count or size in vaefast comes near 2^31; a larger one overflows torch's size arithmetic (a TypeError or
+# OverflowError from deep inside it) or asks for more memory than exists.
+LARGEST_SIZE = 2**31 - 1
+
+
+def integer(name, value, *, minimum=1, maximum=LARGEST_SIZE):
+    """An int in [minimum, maximum]. Floats (even 2.0) and bools are refused: a count or a size is never
+    either."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}; got {value!r}")
     return int(value)
 
 
 def optional_integer(name, value, *, minimum=1):
-    """None, or an int >= minimum."""
+    """None, or an int in [minimum, LARGEST_SIZE]."""
     return None if value is None else integer(name, value, minimum=minimum)
 
 
@@ -41,12 +49,12 @@ def optional_number(name, value, *, minimum=0.0, inclusive=False):
 
 
 def sizes(name, value, *, allow_empty=False):
-    """A tuple of ints >= 1, from any sequence of them (checkpoints store tuples as lists)."""
+    """A tuple of ints in [1, LARGEST_SIZE], from any sequence of them (checkpoints store tuples as lists)."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueError(f"{name} must be a sequence of positive integers; got {value!r}")
     values = tuple(value)
     if (not values and not allow_empty) or not all(
-            not isinstance(v, bool) and isinstance(v, numbers.Integral) and v >= 1 for v in values):
+            not isinstance(v, bool) and isinstance(v, numbers.Integral) and 1 <= v <= LARGEST_SIZE for v in values):
         raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}sequence of positive "
                          f"integers; got {value!r}")
     return tuple(int(v) for v in values)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .checks import LARGEST_SIZE
+
 SAMPLE_GRID = "samples.png"
 EVAL_EXAMPLES = 2000  # test examples `train` evaluates on when it is done (eval's --limit default)
 
@@ -56,10 +58,10 @@ def non_negative_int(text):
 
 
 def _not_huge(value):
-    # No count or size here comes near 2^31 (MNIST has 2^16 examples); a larger one is a slip of the keyboard
-    # that would overflow torch's size arithmetic (a traceback) or loop for ever.
-    if value >= 2**31:
-        raise argparse.ArgumentTypeError(f"must be below 2^31; got {value}")
+    # A count or size past 2^31 is a slip of the keyboard (MNIST has 2^16 examples) that would overflow
+    # torch's size arithmetic or loop for ever (vaefast.checks.LARGEST_SIZE).
+    if value > LARGEST_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {LARGEST_SIZE}; got {value}")
     return value
 
 

@@ -87,8 +87,9 @@ def check_values(x, name, *, unit_interval=False):
     a ValueError naming `name`, the first such index and its value."""
     _refuse_first(~torch.isfinite(x), x, name, "a non-finite value")
     if unit_interval:
-        _refuse_first((x < 0) | (x > 1), x, name, "a value outside [0, 1], the range of the sigmoid decoder's "
-                      "mean (scale images to [0, 1]; integer grey levels 0..255 are scaled when loaded)")
+        _refuse_first((x < 0) | (x > 1), x, name, "a value outside [0, 1]",
+                      hint="the sigmoid decoders' range; scale images to [0, 1] (integer grey levels 0..255 "
+                           "are scaled when loaded)")
 
 
 def _checked(data, labels, names, *, unit_interval):
@@ -106,8 +107,8 @@ def _checked(data, labels, names, *, unit_interval):
         values = x.float()
     elif not x.is_floating_point():
         values = x.float()  # exact for integers up to 2^24: enough to tell 0..255 from the rest
-        _refuse_first((values < 0) | (values > 255), x, names[0],
-                      "an integer outside 0..255 (integer data are grey levels, scaled by 1/255)")
+        _refuse_first((values < 0) | (values > 255), x, names[0], "an integer outside 0..255",
+                      hint="integer data are grey levels, scaled by 1/255; pass other numbers as floats")
         values = values / 255
     else:
         values = x.float()
@@ -144,12 +145,13 @@ def _as_tensor(value, name):
                          f"({str(error).splitlines()[0]})") from error
 
 
-def _refuse_first(bad, values, name, what):
+def _refuse_first(bad, values, name, what, *, hint=None):
     """A ValueError naming the first index (C order) where the bool tensor `bad` holds, and values there."""
     if bool(bad.any()):
         first = int(torch.argmax(bad.flatten().to(torch.uint8)))  # argmax returns the first of equal maxima
         index = [int(i) for i in np.unravel_index(first, tuple(bad.shape))]
-        raise ValueError(f"{name} has {what} at index {index}: {values.flatten()[first].item()!r}")
+        raise ValueError(f"{name} has {what} at index {index}: {values.flatten()[first].item()!r}"
+                         + (f" ({hint})" if hint else ""))
 
 
 def _held_out(x, y, part, name):

@@ -72,9 +72,7 @@ class TrainConfig:
         self.checkpoint_every = checks.optional_integer("checkpoint_every", self.checkpoint_every)
         self.max_bad_steps = checks.integer("max_bad_steps", self.max_bad_steps)
         # torch seeds are 64-bit; seed + rank seeds each process's noise, so the seed stays below 2^63.
-        self.seed = checks.integer("seed", self.seed, minimum=0)
-        if self.seed >= 2**63:
-            raise ValueError(f"seed must be below 2^63; got {self.seed}")
+        self.seed = checks.integer("seed", self.seed, minimum=0, maximum=2**63 - 1)
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as error:
