@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from tests.test_train import TinyVAE, config, tiny_data
 from vaefast.cli import main
-from vaefast.train import load_checkpoint
+from vaefast.train import cut_metrics, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 512 digits in batches of 16: 32 steps an epoch, a record every 4 steps (8 an epoch), a checkpoint every
@@ -109,3 +110,30 @@ def test_sigkill_and_resume_leaves_no_duplicate_records(tmp_path):
         for index, state in a["optimizer"]["state"].items():
             for key, value in state.items():
                 assert torch.equal(value, b["optimizer"]["state"][index][key]), f"{name}: Adam {key}; {note}"
+
+
+def test_cut_metrics_drops_this_stages_records_past_the_step_and_a_cut_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    logged = [{"stage": "stage1", "step": s} for s in (4, 8, 12)] + [{"stage": "stage2", "step": s} for s in (4, 8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in logged) + '{"stage": "stage2", "st')
+    cut_metrics(path, "stage2", 4)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == logged[:4]
+    cut_metrics(path, "stage1", 8)  # a stage's cut leaves the other stage's records
+    assert [json.loads(line) for line in path.read_text().splitlines()] == logged[:2] + logged[3:4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_a_resumed_run_logs_the_bad_step_count_of_an_uninterrupted_one(tmp_path):
+    """A skipped (NaN) step in epoch 1 is still counted in epoch 2's records after a resume, and records a
+    killed run logged past its checkpoint are not kept twice."""
+    x = tiny_data()
+    torch.manual_seed(0)
+    straight = train(TinyVAE(nan_at=(2,)), x, config(tmp_path / "straight", epochs=2))
+    torch.manual_seed(0)
+    train(TinyVAE(nan_at=(2,)), x, config(tmp_path / "split", epochs=1))
+    log = tmp_path / "split" / "metrics.jsonl"
+    with open(log, "a") as f:  # what a run killed in epoch 2 leaves: a record past the checkpoint, a cut line
+        f.write(json.dumps({**straight[6], "loss": -1.0}) + "\n" + '{"stage": null, "ep')
+    train(TinyVAE(), x, config(tmp_path / "split", epochs=2, resume=True))
+    assert records(tmp_path / "split") == records(tmp_path / "straight")
+    assert records(tmp_path / "split")[-1]["bad_steps"] == 1
