@@ -356,6 +356,9 @@ def test_checkpoints_of_the_wrong_kind_or_shape(tmp_path, trained, capsys):
     torch.save({key: value for key, value in checkpoint.items() if key != "optimizer"}, partial)
     with pytest.raises(ValueError, match=r"not a vaefast checkpoint \(it lacks optimizer\)"):
         load_checkpoint(partial)
+    torch.save({**checkpoint, "epoch": "5"}, partial)
+    with pytest.raises(ValueError, match=r"not a vaefast checkpoint \(its epoch and step are not counts\)"):
+        load_checkpoint(partial)
 
 
 def test_resume_from_another_model_stage_or_a_later_epoch(tmp_path, trained, capsys):

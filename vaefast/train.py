@@ -76,7 +76,8 @@ class TrainConfig:
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as error:
-            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda'; got {self.device!r}") from error
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda'; got {self.device!r}"
+                             ) from error
 
 
 class TrainingDiverged(RuntimeError):
@@ -346,6 +347,8 @@ def load_checkpoint(path):
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"{unreadable} (it lacks {', '.join(missing)})")
+    if not all(isinstance(checkpoint[key], int) and checkpoint[key] >= 0 for key in ("epoch", "step")):
+        raise ValueError(f"{unreadable} (its epoch and step are not counts)")
     return checkpoint
 
 
