@@ -75,7 +75,7 @@ def test_help_everywhere(command, capsys):
 
 
 def test_clear_errors(tmp_path, capsys):
-    assert main(["sample", str(tmp_path / "missing.pt")]) == 1
+    assert main(["sample", str(tmp_path / "missing.pt")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
-    assert main(["train", "vae", "--data", "no-such-set", "--out", str(tmp_path)]) == 1
+    assert main(["train", "vae", "--data", "no-such-set", "--out", str(tmp_path)]) == 2
     assert "unknown data set 'no-such-set'" in capsys.readouterr().err

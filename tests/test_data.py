@@ -47,13 +47,14 @@ def test_idx_round_trip(tmp_path, suffix):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=5, dtype=np.uint8)
-    write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images)
-    write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels)
+    for stem in ("train", "t10k"):
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte{suffix}", images)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte{suffix}", labels)
     assert np.array_equal(read_idx(tmp_path / f"train-images-idx3-ubyte{suffix}"), images)
     x, y = load_dataset("mnist", data_dir=tmp_path)
     assert torch.equal(x, torch.from_numpy(images).float().unsqueeze(1) / 255)
     assert torch.equal(y, torch.from_numpy(labels).long())
-    assert load_dataset(tmp_path)[0].shape == (5, 1, 28, 28)  # the directory as a path
+    assert load_dataset(tmp_path, split="test")[0].shape == (5, 1, 28, 28)  # the directory as a path
 
 
 def test_missing_mnist_names_where_it_looked(tmp_path, monkeypatch):

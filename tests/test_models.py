@@ -357,7 +357,7 @@ def test_wae_prior_std(kernel):
     z = torch.randn(5, 3, generator=torch.Generator().manual_seed(generator_seed), dtype=torch.float64)
     assert_close64(samples, model.decode(sigma * z).detach())
     for bad in (0.0, -1.0, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="prior_std must be a positive finite number"):
+        with pytest.raises(ValueError, match="prior_std must be a finite number > 0"):
             WAEConfig(data_shape=(4,), prior_std=bad)
 
 

@@ -162,11 +162,9 @@ def train_classifier(x: Tensor, y: Tensor, *, seed: int = 0, epochs: int = 5, ba
                 "data_shape": list(x.shape[1:]), "train_examples": int(x.shape[0]),
                 "data_hash": _tensor_hash(x, y)}
     if cache_path is not None and Path(cache_path).is_file():
-        cached = torch.load(cache_path, map_location="cpu", weights_only=True)
-        if cached.get("settings") == settings:
-            model = DigitClassifier(tuple(x.shape[1:]), cached["info"]["num_classes"])
-            model.load_state_dict(cached["model"])
-            return model.eval(), cached["info"]
+        cached = _cached_classifier(cache_path, settings, tuple(x.shape[1:]))
+        if cached is not None:
+            return cached
     num_classes = int(y.max()) + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -235,6 +233,9 @@ class ClassifierExtractor:
         from .data import load_dataset
 
         x, y = load_dataset(data, data_dir=data_dir, split="train", limit=limit)
+        if y is None:
+            raise ValueError(f"the feature classifier for FD and KID trains on labels, and {data} has none; "
+                             "skip FD/KID (--no-features) or give an Inception network (--inception)")
         epochs = epochs or max(5, math.ceil(100000 / x.shape[0]))
         x_test, y_test = load_dataset(data, data_dir=data_dir, split="test")
         key = f"{Path(str(data)).stem}-s{seed}-e{epochs}-n{x.shape[0]}"
@@ -242,6 +243,22 @@ class ClassifierExtractor:
         classifier, info = train_classifier(x, y, seed=seed, epochs=epochs, cache_path=cache_path,
                                             x_test=x_test, y_test=y_test)
         return cls(classifier, {**info, "cache_path": str(cache_path)})
+
+
+def _cached_classifier(cache_path, settings, data_shape):
+    """(classifier, info) from cache_path when it holds one trained with `settings`; None when it holds
+    another, or is damaged (a run killed while saving it): then it is trained again and overwritten."""
+    try:
+        cached = torch.load(cache_path, map_location="cpu", weights_only=True)
+        if cached.get("settings") != settings:
+            return None
+        model = DigitClassifier(data_shape, cached["info"]["num_classes"])
+        model.load_state_dict(cached["model"])
+    # Damaged bytes raise whatever torch.load meets first (RuntimeError, EOFError, KeyError, UnpicklingError,
+    # ...), a foreign file AttributeError or KeyError; for a cache each means "train again".
+    except Exception:
+        return None
+    return model.eval(), cached["info"]
 
 
 class InceptionExtractor:

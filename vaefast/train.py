@@ -34,10 +34,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import distributed
+from . import checks, distributed
+from .data import check_values
 from .ops import reparameterize
 
 CHECKPOINT_FORMAT = 1
+METRICS_FILE = "metrics.jsonl"
+# What every checkpoint holds (_checkpoint_state writes them; loading and resuming read them).
+CHECKPOINT_KEYS = ("kind", "config", "model", "stage", "optimizer", "scheduler", "epoch", "step", "rng")
 
 
 @dataclass
@@ -59,6 +63,22 @@ class TrainConfig:
     resume: bool = False  # continue from out_dir's checkpoint when there is one
     progress: bool = True  # a tqdm bar: epoch, loss, gamma, images/s
 
+    def __post_init__(self):
+        self.epochs = checks.integer("epochs", self.epochs)
+        self.batch_size = checks.integer("batch_size", self.batch_size)
+        self.lr = checks.number("lr", self.lr)
+        self.lr_halve_every = checks.optional_integer("lr_halve_every", self.lr_halve_every)
+        self.log_every = checks.integer("log_every", self.log_every)
+        self.checkpoint_every = checks.optional_integer("checkpoint_every", self.checkpoint_every)
+        self.max_bad_steps = checks.integer("max_bad_steps", self.max_bad_steps)
+        # torch seeds are 64-bit; seed + rank seeds each process's noise, so the seed stays below 2^63.
+        self.seed = checks.integer("seed", self.seed, minimum=0, maximum=2**63 - 1)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda'; got {self.device!r}"
+                             ) from error
+
 
 class TrainingDiverged(RuntimeError):
     """Raised after max_bad_steps consecutive non-finite losses; the model holds the last good step."""
@@ -71,7 +91,9 @@ def train(model, x, config, *, labels=None, stage=None):
     "stage1" trains a TwoStageVAE's stage 1; "stage2" trains its stage 2 on x = (mu_z, sigma_z), the stored
     encoder moments, drawing fresh z = mu_z + sigma_z * eps every epoch (train_two_stage does both).
     Returns one dict per log point (stage, epoch, step, lr, images_per_s, bad_steps, loss, nll, kl, gamma,
-    and the model's extra terms); rank 0 also appends them to out_dir/metrics.jsonl.
+    and the model's extra terms); rank 0 also appends them to out_dir/metrics.jsonl, first cut back to
+    where this run starts (cut_metrics), so that a resumed run's log has no record twice.
+    x must be finite, and in [0, 1] for models whose decoder mean is a sigmoid (ValueError otherwise).
     """
     context = distributed.setup(config.device)
     device = context.device
@@ -92,21 +114,19 @@ def train(model, x, config, *, labels=None, stage=None):
     )
     order_generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed + context.rank)
-    start_epoch, step = 0, 0
+    start_epoch, step, bad_total = 0, 0, 0
     if config.resume and checkpoint_path is not None and checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch, step = checkpoint["epoch"], checkpoint["step"]
-        _restore_rng(checkpoint["rng"], order_generator, context)
-        _note(context, f"resuming {checkpoint_path} at epoch {start_epoch} (step {step})")
+        start_epoch, step, bad_total = _resume(checkpoint_path, model, optimizer, scheduler, order_generator,
+                                               context, config, stage)
+    if writes:
+        cut_metrics(out_dir / METRICS_FILE, stage, step)
 
     if stage == "stage2":
         mu_z, sigma_z = (t.to(device, dtype) for t in x)
         logvar_z = 2 * torch.log(sigma_z)  # reparameterize takes log-variances: log sigma^2
         num_examples = mu_z.shape[0]
     else:
+        check_values(x, "x", unit_interval=_decodes_unit_interval(module))
         x = x.to(device, dtype)
         num_examples = x.shape[0]
     labels = labels.to(device) if labels is not None else None
@@ -130,7 +150,7 @@ def train(model, x, config, *, labels=None, stage=None):
                          "gets; lower it or set drop_last=False")
     buffer_backup = [b.detach().clone() for b in module.buffers()] if config.check_finite else []
     window, window_start = [], time.perf_counter()
-    bad_in_a_row, bad_total = 0, 0
+    bad_in_a_row = 0
     history = []
     bar = _progress_bar(config, context, (config.epochs - start_epoch) * steps_per_epoch, stage)
     for epoch in range(start_epoch, config.epochs):
@@ -181,7 +201,7 @@ def train(model, x, config, *, labels=None, stage=None):
                               bad_steps=bad_total)
                 history.append(record)
                 if writes:
-                    with open(out_dir / "metrics.jsonl", "a") as metrics:
+                    with open(out_dir / METRICS_FILE, "a") as metrics:
                         metrics.write(json.dumps(record) + "\n")
                 bar.set_postfix(epoch=epoch + 1, loss=f"{record.get('loss', float('nan')):.4g}",
                                 gamma=f"{record.get('gamma', float('nan')):.3g}",
@@ -191,8 +211,8 @@ def train(model, x, config, *, labels=None, stage=None):
         last = epoch + 1 == config.epochs
         due = last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0)
         if checkpoint_path is not None and due:
-            state = _checkpoint_state(model, optimizer, scheduler, epoch + 1, step, order_generator, context,
-                                      config, stage)
+            state = _checkpoint_state(model, optimizer, scheduler, epoch + 1, step, bad_total, order_generator,
+                                      context, config, stage)
             if writes:
                 save_checkpoint(state, checkpoint_path)
             distributed.barrier(context)
@@ -225,6 +245,9 @@ def save_grid(images, path, *, columns=None):
     images under 32 pixels wide are enlarged by an integer factor."""
     import matplotlib.image
 
+    # matplotlib picks the format from the suffix, and an unknown one ("grid.5") escapes PIL as a KeyError.
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"a sample grid is a PNG file: its path must end in .png; got {str(path)!r}")
     images = images.detach().float().clamp(0, 1).cpu()
     if images.dim() == 2:  # flat samples of a square image: [N, H*W] -> [N, 1, H, W]
         side = math.isqrt(images.shape[1])
@@ -247,13 +270,50 @@ def save_grid(images, path, *, columns=None):
 
 
 def save_checkpoint(state, path):
-    """Writes state with torch.save atomically: a temporary file in the same directory, flushed and
-    fsynced, then os.replace over `path`. A crash at any point leaves the previous checkpoint intact."""
+    """Writes state with torch.save atomically (see _replace_atomically): a crash at any point leaves the
+    previous checkpoint intact."""
+    _replace_atomically(path, lambda f: torch.save(state, f))
+
+
+def cut_metrics(path, stage, step):
+    """Cuts a metrics.jsonl back to what a run had logged when `stage` (None for a single model) was at
+    `step`: that stage's records past `step` go, and so does a last line that a kill cut short; the other
+    stages' records stay.
+
+    A run killed after its last checkpoint has logged records past the checkpoint's step; resuming from
+    the checkpoint logs them again. Cut first, the log holds what an uninterrupted run's does (timings
+    aside). A fresh run (step 0) drops what an earlier run of the stage left. The shorter log replaces the
+    old one atomically, so a kill during the cut leaves the old log whole.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _logged_by(line, stage, step)]
+    if len(kept) < len(lines):
+        _replace_atomically(path, lambda f: f.write("".join(kept).encode()))
+
+
+def _logged_by(line, stage, step):
+    """Whether a metrics.jsonl line was logged before `stage` reached `step`: false for a line without its
+    newline or that does not parse (a write cut short, always the last one before a kill)."""
+    if not line.endswith("\n"):
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return not isinstance(record, dict) or record.get("stage") != stage or not record.get("step", 0) > step
+
+
+def _replace_atomically(path, write):
+    """Calls write(f) on a temporary file in path's directory (binary), flushes and fsyncs it, then
+    os.replace's it over `path`: readers see the old file or the new one, never a part."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -269,29 +329,92 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path):
-    """The dict a training run saved (tensors on the CPU)."""
+    """The dict a training run saved (tensors on the CPU). A file that is not one -- truncated, another
+    program's, text -- is a ValueError saying so, in one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: training writes <out>/checkpoint.pt "
                                 "(stage1.pt and stage2.pt for a Two-Stage VAE)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    unreadable = f"cannot read checkpoint {path}: truncated or not a vaefast checkpoint"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    # Where the bytes break decides what torch raises: RuntimeError (a cut zip archive), EOFError (an empty
+    # file), KeyError or UnpicklingError (text, or bytes of another format), ...; each means the same here.
+    except Exception as error:
+        raise ValueError(unreadable) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a vaefast checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ValueError(unreadable)
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{unreadable} (it lacks {', '.join(missing)})")
+    if not all(isinstance(checkpoint[key], int) and checkpoint[key] >= 0 for key in ("epoch", "step")):
+        raise ValueError(f"{unreadable} (its epoch and step are not counts)")
     return checkpoint
 
 
 def load_model(path, device="cpu"):
     """(model, checkpoint): the model a checkpoint describes, built with vaefast.models.build, with its
-    weights, in eval mode."""
+    weights, in eval mode. A config or weights that do not make a vaefast model are a ValueError."""
     from .models import build
 
     checkpoint = load_checkpoint(path)
-    if checkpoint.get("kind") is None:
+    if checkpoint["kind"] is None:
         raise ValueError(f"{path} holds no model kind/config (trained from a model vaefast.models does not "
                          "know); rebuild the model yourself and load checkpoint['model']")
-    model = build(checkpoint["kind"], checkpoint["config"])
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model = build(checkpoint["kind"], checkpoint["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} holds no valid {checkpoint['kind']!r} model: {error}") from error
+    load_weights(model, checkpoint["model"], path)
     return model.to(device).eval(), checkpoint
+
+
+def load_weights(model, state, path):
+    """model.load_state_dict(state) for the checkpoint at `path`, with a mismatch (keys missing or extra,
+    shapes that differ) reported in one line instead of torch's list of every key."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no model weights (its 'model' entry is a {type(state).__name__})")
+    expected = model.state_dict()
+    problems = []
+    missing, extra = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    if missing:
+        problems.append(f"{len(missing)} missing ({missing[0]}, ...)")
+    if extra:
+        problems.append(f"{len(extra)} unexpected ({extra[0]}, ...)")
+    for key, value in expected.items():
+        if key in state and (not isinstance(state[key], torch.Tensor) or state[key].shape != value.shape):
+            found = list(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
+            problems.append(f"{key} is {found}, the model's {list(value.shape)}")
+            break
+    if problems:
+        raise ValueError(f"the weights in {path} do not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def _resume(path, model, optimizer, scheduler, order_generator, context, config, stage):
+    """Restores model, optimizer, schedule and random streams from the checkpoint at `path`; returns its
+    (epoch, step, bad steps). A checkpoint of another model or stage, or past config.epochs, is a ValueError
+    saying what differs."""
+    checkpoint = load_checkpoint(path)
+    kind = _describe(model)[0]
+    if (checkpoint["kind"], checkpoint["stage"]) != (kind, stage):
+        raise ValueError(f"cannot resume from {path}: it holds a {checkpoint['kind']!r} model at stage "
+                         f"{checkpoint['stage']!r}, this run trains a {kind!r} model at stage {stage!r}")
+    if checkpoint["epoch"] > config.epochs:
+        raise ValueError(f"cannot resume from {path}: it is at epoch {checkpoint['epoch']}, past epochs = "
+                         f"{config.epochs}; ask for at least as many epochs, or train afresh elsewhere")
+    load_weights(model, checkpoint["model"], path)
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _restore_rng(checkpoint["rng"], order_generator, context)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"cannot resume from {path}: its optimizer, schedule or random state does not fit this "
+                         f"run ({error})") from error
+    epoch, step = checkpoint["epoch"], checkpoint["step"]
+    _note(context, f"resuming {path} at epoch {epoch} (step {step})")
+    # Checkpoints written before the count was saved resume it from 0.
+    return epoch, step, checkpoint.get("bad_steps", 0)
 
 
 class _StageTwo(nn.Module):
@@ -406,7 +529,8 @@ def _flush(window, seconds, context, config):
     return record
 
 
-def _checkpoint_state(model, optimizer, scheduler, epoch, step, order_generator, context, config, stage):
+def _checkpoint_state(model, optimizer, scheduler, epoch, step, bad_steps, order_generator, context, config,
+                      stage):
     kind, model_config = _describe(model)
     rng = {
         "torch": distributed.gather_objects(torch.get_rng_state(), context),  # one per rank
@@ -424,6 +548,7 @@ def _checkpoint_state(model, optimizer, scheduler, epoch, step, order_generator,
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
         "step": step,
+        "bad_steps": bad_steps,  # the metrics' running count, so that a resumed run logs what it would have
         "rng": rng,
         "train_config": asdict(config),
     }
@@ -438,6 +563,17 @@ def _restore_rng(rng, order_generator, context):
     else:
         _note(context, f"resuming with {context.world_size} processes from a run with {len(rng['torch'])}: "
                        "the data order continues exactly, the model's noise streams do not")
+
+
+def _decodes_unit_interval(module):
+    """Whether a vaefast model's decoder mean is a sigmoid, so that its data must lie in [0, 1]: every WAE,
+    and a VAE (a TwoStageVAE's stage 1) with output_activation "sigmoid" (which a Bernoulli one must have).
+    False for models vaefast does not know."""
+    from .models import VAEConfig, WAEConfig
+
+    config = getattr(module, "config", None)
+    config = getattr(config, "stage1", config)  # a TwoStageVAE trained as a whole trains its stage 1
+    return isinstance(config, WAEConfig) or (isinstance(config, VAEConfig) and config.output_activation == "sigmoid")
 
 
 def _describe(model):

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import one_hot
 
+from vaefast import checks
+
 from .output import ModelOutput
 from .vae import VAE, VAEConfig
 
@@ -20,8 +22,7 @@ class CVAEConfig(VAEConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1; got {self.num_classes}")
+        self.num_classes = checks.integer("num_classes", self.num_classes)
 
 
 class ConditionalVAE(VAE):
@@ -53,6 +54,9 @@ class ConditionalVAE(VAE):
     def sample(self, num_samples: int, labels: Optional[Tensor] = None, *,
                generator: Optional[torch.Generator] = None) -> Tensor:
         """[num_samples, *data_shape] decoder means for labels [num_samples] (drawn uniformly if None)."""
+        num_samples = checks.integer("num_samples", num_samples)
+        if labels is not None and tuple(labels.shape) != (num_samples,):
+            raise ValueError(f"labels must have shape [{num_samples}] (num_samples); got {list(labels.shape)}")
         if labels is None:
             device = next(self.decoder.parameters()).device
             labels = torch.randint(self.config.num_classes, (num_samples,), generator=generator, device=device)

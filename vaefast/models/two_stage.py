@@ -13,6 +13,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from vaefast import checks
+
 from .networks import evaluating
 from .output import ModelOutput
 from .vae import VAE, VAEConfig
@@ -28,9 +30,11 @@ class TwoStageConfig:
     def __post_init__(self):
         if isinstance(self.stage1, dict):
             self.stage1 = VAEConfig(**self.stage1)
-        if self.stage2_width < 1 or self.stage2_depth < 1:
-            raise ValueError(f"stage2_width and stage2_depth must be >= 1; got {self.stage2_width}, "
-                             f"{self.stage2_depth}")
+        elif not isinstance(self.stage1, VAEConfig):
+            raise ValueError(f"stage1 must be a VAEConfig or its dict; got {type(self.stage1).__name__}")
+        self.stage2_width = checks.integer("stage2_width", self.stage2_width)
+        self.stage2_depth = checks.integer("stage2_depth", self.stage2_depth)
+        self.stage2_latent_dim = checks.optional_integer("stage2_latent_dim", self.stage2_latent_dim)
 
     def stage2_config(self) -> VAEConfig:
         """Stage 2: a learned-gamma Gaussian VAE on z [B, kappa] with the skip MLPs and a linear output."""
@@ -86,6 +90,7 @@ class TwoStageVAE(nn.Module):
     def sample(self, num_samples: int, *, generator: Optional[torch.Generator] = None) -> Tensor:
         """u ~ N(0, I) [n, dim u] -> z = zhat(u) + gamma_z eps [n, kappa] -> x = stage 1's decoder mean
         [n, *data_shape] (eval mode, no grad)."""
+        num_samples = checks.integer("num_samples", num_samples)
         reference = next(self.stage2.decoder.parameters())  # device and dtype of the networks
         with torch.no_grad(), evaluating(self):
             u = torch.randn(num_samples, self.stage2.config.latent_dim, generator=generator,

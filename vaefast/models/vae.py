@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 import vaefast
+from vaefast import checks
 from vaefast.ops.reference import reduce_per_sample
 
 from .networks import ARCHITECTURES, build_decoder, build_encoder, concat_condition, evaluating, split_gaussian
@@ -35,8 +36,13 @@ class VAEConfig:
 
     def __post_init__(self):
         # Lists come back from JSON checkpoints; the networks and equality checks want tuples.
-        self.data_shape = tuple(int(n) for n in self.data_shape)
-        self.hidden_dims = tuple(int(n) for n in self.hidden_dims)
+        self.data_shape = checks.sizes("data_shape", self.data_shape)
+        self.hidden_dims = checks.sizes("hidden_dims", self.hidden_dims, allow_empty=True)
+        self.latent_dim = checks.integer("latent_dim", self.latent_dim)
+        self.width = checks.integer("width", self.width)
+        self.beta = checks.number("beta", self.beta, inclusive=True)
+        self.gamma_min = checks.optional_number("gamma_min", self.gamma_min)
+        self.kl_warmup_steps = checks.integer("kl_warmup_steps", self.kl_warmup_steps, minimum=0)
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {self.architecture!r}")
         if self.architecture == "mlp-skip" and (not self.hidden_dims or len(set(self.hidden_dims)) != 1):
@@ -47,15 +53,10 @@ class VAEConfig:
             raise ValueError("a bernoulli decoder's mean is sigmoid(logits): output_activation must be 'sigmoid'")
         if self.output_activation not in ("sigmoid", "linear"):
             raise ValueError(f"output_activation must be 'sigmoid' or 'linear'; got {self.output_activation!r}")
-        if isinstance(self.gamma, str):
-            if self.gamma not in ("learned", "optimal"):
-                raise ValueError(f"gamma must be 'learned', 'optimal' or a positive float; got {self.gamma!r}")
-        elif not self.gamma > 0:
-            raise ValueError(f"a fixed gamma must be positive; got {self.gamma}")
-        if self.gamma_min is not None and not self.gamma_min > 0:
-            raise ValueError(f"gamma_min must be positive or None; got {self.gamma_min}")
-        if self.kl_warmup_steps < 0:
-            raise ValueError(f"kl_warmup_steps must be >= 0; got {self.kl_warmup_steps}")
+        if checks.is_number(self.gamma, minimum=0.0):
+            self.gamma = float(self.gamma)
+        elif self.gamma not in ("learned", "optimal"):
+            raise ValueError(f"gamma must be 'learned', 'optimal' or a positive float; got {self.gamma!r}")
 
 
 class VAE(nn.Module):
@@ -191,6 +192,7 @@ class VAE(nn.Module):
 
     def _sample(self, num_samples: int, condition: Optional[Tensor],
                 generator: Optional[torch.Generator]) -> Tensor:
+        num_samples = checks.integer("num_samples", num_samples)
         reference = next(self.decoder.parameters())  # device and dtype of the networks
         with torch.no_grad(), evaluating(self):
             z = torch.randn(num_samples, self.config.latent_dim, generator=generator,

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import vaefast
+from vaefast import checks
 
 from .networks import ARCHITECTURES, build_decoder, build_encoder, evaluating
 from .output import ModelOutput
@@ -31,16 +32,17 @@ class WAEConfig:
     bandwidth: Optional[float] = None  # the sigma in C = 2 d sigma^2; None: prior_std (the paper's choice)
 
     def __post_init__(self):
-        self.data_shape = tuple(int(n) for n in self.data_shape)
-        self.hidden_dims = tuple(int(n) for n in self.hidden_dims)
+        self.data_shape = checks.sizes("data_shape", self.data_shape)
+        self.hidden_dims = checks.sizes("hidden_dims", self.hidden_dims, allow_empty=True)
+        self.latent_dim = checks.integer("latent_dim", self.latent_dim)
+        self.width = checks.integer("width", self.width)
+        self.mmd_weight = checks.number("mmd_weight", self.mmd_weight, inclusive=True)
+        self.prior_std = checks.number("prior_std", self.prior_std)
+        self.bandwidth = checks.optional_number("bandwidth", self.bandwidth)
         if self.architecture not in ARCHITECTURES or self.architecture == "mlp-skip":
             raise ValueError(f"architecture must be 'mlp', 'infogan' or 'resnet'; got {self.architecture!r}")
         if self.kernel not in ("imq", "rbf"):
             raise ValueError(f"kernel must be 'imq' or 'rbf'; got {self.kernel!r}")
-        for name in ("prior_std", "bandwidth"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
-                raise ValueError(f"{name} must be a positive finite number; got {value!r}")
 
 
 class WAE(nn.Module):
@@ -84,6 +86,7 @@ class WAE(nn.Module):
 
     def sample(self, num_samples: int, *, generator: Optional[torch.Generator] = None) -> Tensor:
         """z ~ N(0, prior_std^2 I) -> decoder means [num_samples, *data_shape] (eval mode, no grad)."""
+        num_samples = checks.integer("num_samples", num_samples)
         reference = next(self.decoder.parameters())  # device and dtype of the networks
         with torch.no_grad(), evaluating(self):
             z = torch.randn(num_samples, self.config.latent_dim, generator=generator,
