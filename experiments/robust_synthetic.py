@@ -64,7 +64,7 @@ CONFIGS = {
     # cells before the grid: dim z = r + 5 stalled near 0.13 relative error (r = 5, rho = 0.2; RPCA 0.07),
     # r + 20 reached 0.023 -- the extra dims carry each sample's outlier pattern to the gamma head (see the
     # encoder variances in results.md); two hidden layers of 128 stalled at 0.31 (r = 2, rho = 0.1) where
-    # one reached 0.025.
+    # one reached 0.025 on another draw of the same cell.
     "cpu": SyntheticConfig(n=500, d=100, ranks=(2, 5, 10), fractions=(0.1, 0.2, 0.3, 0.4), extra_latent_dims=20,
                            hidden_dims=(128,), steps=2000, lr=3e-3, rpca_iterations=400,
                            histogram_cell=(5, 0.1)),
@@ -245,6 +245,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0, help="cell i uses seed + i (data and initial weights)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the shared machine: 1)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write results.md and the figures from the cells already in --out; train nothing")
     args = parser.parse_args(argv)
     try:
         import tensorly  # noqa: F401  (checked up front: the RPCA baseline is half the point)
@@ -261,8 +263,9 @@ def main(argv=None):
     variances_path = out / "encoder_variances.json"
     from threadpoolctl import threadpool_limits  # scikit-learn's dependency: one BLAS thread for TensorLy's SVDs
 
-    with threadpool_limits(args.threads):
-        _run_grid(config, args.seed, done, rows, csv_path, variances_path)
+    if not args.report_only:
+        with threadpool_limits(args.threads):
+            _run_grid(config, args.seed, done, rows, csv_path, variances_path)
     variances_note = []
     if variances_path.is_file():
         stored = json.loads(variances_path.read_text())

@@ -38,6 +38,7 @@ class RobustVAEConfig:
     decoder_mean: str = "mlp"  # "mlp": mean and log gamma heads on one MLP body; "affine": mean W z + b
     output_activation: str = "sigmoid"  # the mlp mean: "sigmoid" (data in [0, 1]) or "linear"; affine: linear
     gamma_min: Optional[float] = 1e-3  # soft floor: log gamma = log gamma_min + softplus(raw - log gamma_min)
+    gamma_init: Optional[float] = None  # every pixel's initial gamma; None: the head's default init (gamma ~ 1)
     encoder_variance: str = "learned"  # "learned" (the VAE) or "zero" (the induced autoencoder: z = mu, no KL)
     beta: float = 1.0  # weight of the KL term
 
@@ -59,6 +60,8 @@ class RobustVAEConfig:
             raise ValueError("an affine decoder mean is W z + b: output_activation must be 'linear'")
         if self.gamma_min is not None and not self.gamma_min > 0:
             raise ValueError(f"gamma_min must be positive or None; got {self.gamma_min}")
+        if self.gamma_init is not None and not self.gamma_init > (self.gamma_min or 0.0):
+            raise ValueError(f"gamma_init must be above gamma_min ({self.gamma_min}); got {self.gamma_init}")
         if self.encoder_variance not in ENCODER_VARIANCES:
             raise ValueError(f"encoder_variance must be one of {ENCODER_VARIANCES}; got {self.encoder_variance!r}")
         if not self.beta >= 0:
@@ -88,6 +91,13 @@ class RobustVAE(nn.Module):
             # The RPCA correspondence: mean W z + b; gamma(z) stays a free (MLP) function of z.
             self.decoder = MLPDecoder(config.latent_dim, config.data_shape, decoder_dims)
             self.affine_mean = nn.Linear(config.latent_dim, math.prod(config.data_shape))
+        if config.gamma_init is not None:
+            # The log-gamma head's bias starts every pixel at gamma_init (gamma = gamma_min + exp(raw)). Adam
+            # moves a parameter by about lr per step, so the init bounds where gamma gets in a short run: from
+            # gamma ~ 1, 900 steps at lr 1e-3 reach exp(-0.9) = 0.41 at best, too coarse for [0, 1] pixels.
+            with torch.no_grad():
+                log_gamma_bias = self.decoder.head.bias.view(-1, math.prod(config.data_shape))[-1]
+                log_gamma_bias.fill_(math.log(config.gamma_init - (config.gamma_min or 0.0)))
 
     @classmethod
     def from_config(cls, config: RobustVAEConfig) -> "RobustVAE":
@@ -116,11 +126,11 @@ class RobustVAE(nn.Module):
         return x_hat, self._floored(raw_log_gamma)
 
     def _floored(self, raw: Tensor) -> Tensor:
-        """log gamma = f + softplus(raw - f), f = log gamma_min: above f everywhere, equal to raw up to
-        softplus's tail once raw is a few units above f, and with gradient sigmoid(raw - f) > 0 below it. A
-        clamp would zero the gradient of every pixel under the floor, and a pixel pushed there early (an
-        inlier the mean already fits) could not come back up when the mean moves. At raw = 0 and the default
-        floor (f = log 1e-3 = -6.9) log gamma = 0.001: gamma starts at 1, the official code's init."""
+        """log gamma = f + softplus(raw - f), f = log gamma_min, which is gamma = gamma_min + exp(raw): above
+        the floor everywhere, equal to exp(raw) once that is well above it, and with gradient
+        d log gamma / d raw = exp(raw) / gamma > 0 below it. A clamp would zero the gradient of every pixel
+        under the floor, and a pixel pushed there early (an inlier the mean already fits) could not come back
+        up when the mean moves."""
         if self.config.gamma_min is None:
             return raw
         floor = math.log(self.config.gamma_min)
