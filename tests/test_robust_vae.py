@@ -163,12 +163,13 @@ def test_build_and_config_of_round_trip():
 
 def test_robust_vae_recovers_low_rank_where_a_fixed_gamma_vae_does_not():
     """X = L + E, L of rank 1 [48, 12], 10% outliers from U(-10, 10). The affine-mean robust VAE recovers L
-    to a relative error below 0.15; a fixed-gamma (gamma = 1) VAE of the same widths and latent dim, whose
+    to a relative error below 0.3; a fixed-gamma (gamma = 1) VAE of the same widths and latent dim, whose
     squared loss lets the outliers pull the mean, stays above 0.5. A fresh draw (data and weights) each run.
-    Margins, from 5 draws at exactly these settings: robust VAE 0.013 to 0.069 (median 0.019), fixed-gamma
-    VAE 1.4 to 3.4 -- at least 2x inside both bounds. dim z = 8 > rank: the extra dims give the gamma head
-    room to tell the samples' outlier patterns apart; with dim z = 2, three draws of a similar case (64 x 16)
-    stalled at 0.15, 0.37 and 0.58."""
+    Margins, from 21 draws at exactly these settings: robust VAE median 0.020, 18 draws below 0.035 and three
+    stalls at 0.069, 0.144 and 0.156 (a first bound of 0.15 failed on one draw in about 10); fixed-gamma VAE
+    1.19 to 3.7. So 0.3 is about 2x above the worst stall seen and 0.5 over 2x below the best fixed-gamma
+    fit. dim z = 8 > rank: the extra dims give the gamma head room to tell the samples' outlier patterns
+    apart; with dim z = 2, three draws of a similar case (64 x 16) stalled at 0.15, 0.37 and 0.58."""
     n, d, rank, fraction, latent_dim, width, steps = 48, 12, 1, 0.1, 8, 64, 800
     seed = int(torch.randint(0, 2**31, ()))
     x, low_rank, _ = robust_synthetic.low_rank_plus_sparse(n, d, rank, fraction, torch.Generator().manual_seed(seed))
@@ -186,7 +187,7 @@ def test_robust_vae_recovers_low_rank_where_a_fixed_gamma_vae_does_not():
     train(fixed, x, options)
     with torch.no_grad():
         fixed_error = robust_synthetic.relative_error(fixed.decode(fixed.encode(x)[0]).double(), low_rank)
-    assert robust_error < 0.15, f"robust VAE relative error {robust_error:.3f} (seed {seed})"
+    assert robust_error < 0.3, f"robust VAE relative error {robust_error:.3f} (seed {seed})"
     assert fixed_error > 0.5, f"fixed-gamma VAE relative error {fixed_error:.3f} (seed {seed})"
 
 
