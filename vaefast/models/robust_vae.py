@@ -6,7 +6,9 @@ Data X = L + E: L near a low-dimensional subspace or manifold (inliers), E spars
 (outliers). The decoder's mean mu_x(z) models L; its standard deviation gamma(z), one per pixel, absorbs E:
 minimising the NLL over gamma turns the data term into sum_ij log|e_ij|, a smooth stand-in for ||E||_0, so a
 pixel the mean cannot explain costs a log, not a square. With an affine mean W z + b and dim z >= rank(L),
-every global optimum recovers L; unneeded latent dimensions are switched off (encoder variance -> 1).
+every global optimum recovers L; unneeded latent dimensions are switched off (encoder variance -> 1). In
+practice (docs/results/robust_synthetic) the spare dimensions stay on and carry each sample's outlier pattern
+to the gamma head, which is a finite network of z: dim z well above the rank is what made recovery work.
 
 The NLL is vaefast.gaussian_nll with a log_gamma of x's full shape [B, *data_shape]: one fused forward and
 backward, gradients to both decoder heads. Options: an affine decoder mean (the RPCA correspondence), a
@@ -33,7 +35,7 @@ ENCODER_VARIANCES = ("learned", "zero")
 @dataclass
 class RobustVAEConfig:
     data_shape: tuple[int, ...]  # one sample's shape: (C, H, W) images or (D,) vectors
-    latent_dim: int = 16  # dim z; >= the inlier dimension (rank of L); extra dims are switched off
+    latent_dim: int = 16  # dim z; >= the inlier dimension (rank of L), better well above it (module docstring)
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them
     decoder_mean: str = "mlp"  # "mlp": mean and log gamma heads on one MLP body; "affine": mean W z + b
     output_activation: str = "sigmoid"  # the mlp mean: "sigmoid" (data in [0, 1]) or "linear"; affine: linear
