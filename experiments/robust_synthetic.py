@@ -4,7 +4,7 @@ pursuit through TensorLy, lambda = 1 / sqrt(max(n, d))) and by the induced autoe
 the encoder variance fixed at 0).
 
 Data per cell (r, rho): U [n, r] and V [r, d] standard normal, L = U V / sqrt(r) (entries of unit variance
-whatever r); a fraction rho of the entries, chosen uniformly, gets an outlier drawn from U(-10, 10) added.
+whatever r); each entry independently, with probability rho, gets an outlier drawn from U(-10, 10) added.
 Success: relative error ||L_hat - L||_F / ||L||_F below SUCCESS_THRESHOLD.
 
 Outputs (--out): results.csv (one row per method and cell, appended as they finish: a rerun with the same
