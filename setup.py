@@ -71,6 +71,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "scikit-learn", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest", "hypothesis", "scipy", "numpy"]},
+    # experiments: experiments/robust_mnist.py and robust_synthetic.py compare against TensorLy's convex robust PCA.
+    extras_require={"test": ["pytest", "hypothesis", "scipy", "numpy"], "experiments": ["tensorly"]},
     entry_points={"console_scripts": ["vaefast=vaefast.__main__:main"]},
 )

@@ -1,6 +1,6 @@
-"""vaefast's models: VAE, WAE-MMD, the Two-Stage VAE and a conditional VAE, each returning a ModelOutput,
-with the IWAE bound and Dai & Wipf's diagnostics. build / config_of turn a model into (kind, config dict)
-and back, which is what a checkpoint stores next to the state_dict."""
+"""vaefast's models: VAE, WAE-MMD, the Two-Stage VAE, a conditional VAE and the robust (per-pixel gamma) VAE,
+each returning a ModelOutput, with the IWAE bound and Dai & Wipf's diagnostics. build / config_of turn a
+model into (kind, config dict) and back, which is what a checkpoint stores next to the state_dict."""
 import dataclasses
 
 from torch import nn
@@ -11,6 +11,7 @@ from .iwae import iwae_bound
 from .networks import (InfoGANDecoder, InfoGANEncoder, MLPDecoder, MLPEncoder, ResNetDecoder, ResNetEncoder,
                        Stage2Decoder, Stage2Encoder)
 from .output import ModelOutput
+from .robust_vae import RobustVAE, RobustVAEConfig
 from .two_stage import TwoStageConfig, TwoStageVAE
 from .vae import VAE, VAEConfig
 from .wae import WAE, WAEConfig
@@ -21,11 +22,12 @@ MODELS = {
     "wae": (WAE, WAEConfig),
     "two-stage": (TwoStageVAE, TwoStageConfig),
     "cvae": (ConditionalVAE, CVAEConfig),
+    "robust-vae": (RobustVAE, RobustVAEConfig),
 }
 
 
 def build(kind: str, config_dict: dict) -> nn.Module:
-    """A fresh model of `kind` ("vae", "wae", "two-stage", "cvae") from its config as a dict."""
+    """A fresh model of `kind` ("vae", "wae", "two-stage", "cvae", "robust-vae") from its config as a dict."""
     if kind not in MODELS:
         raise ValueError(f"kind must be one of {sorted(MODELS)}; got {kind!r}")
     model_class, config_class = MODELS[kind]
@@ -42,7 +44,7 @@ def config_of(model: nn.Module) -> tuple[str, dict]:
 
 __all__ = [
     "CVAEConfig", "ConditionalVAE", "InfoGANDecoder", "InfoGANEncoder", "MLPDecoder", "MLPEncoder", "MODELS",
-    "ModelOutput", "ResNetDecoder", "ResNetEncoder", "Stage2Decoder", "Stage2Encoder", "TwoStageConfig",
+    "ModelOutput", "ResNetDecoder", "RobustVAE", "RobustVAEConfig", "ResNetEncoder", "Stage2Decoder", "Stage2Encoder", "TwoStageConfig",
     "TwoStageVAE", "VAE", "VAEConfig", "WAE", "WAEConfig", "active_dimensions", "build", "config_of",
     "diagnostics", "iwae_bound", "latent_mmd", "latent_variances",
 ]
