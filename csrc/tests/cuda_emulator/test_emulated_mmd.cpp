@@ -246,7 +246,7 @@ void check_all_geometries() {
   size_t run = 0;
   for (const Geometry size : geometries()) {
     for (const PairKernel kernel : {PairKernel::kImq, PairKernel::kRbf, PairKernel::kPoly}) {
-      for (const auto [self_pairs, exclude_diagonal] : {std::pair{true, true}, {true, false}, {false, false}}) {
+      for (const auto& [self_pairs, exclude_diagonal] : {std::pair{true, true}, {true, false}, {false, false}}) {
         const MmdCase<T> c = make_case<T>(data, rng, size, kernel, self_pairs, exclude_diagonal);
         const Device& device = devices[run++ % devices.size()];
         const std::string what = std::string("kernel_sum<") + type_name<T>() + "> " + kernel_name(kernel) + " " +
