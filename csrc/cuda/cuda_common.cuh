@@ -32,6 +32,30 @@ __device__ __forceinline__ void philox_seed_offset(const PhiloxState& philox, ui
   }
 }
 
+// Every kernel launch goes through here: kernel<<<grid, block, shared_bytes, stream>>>(args...) under nvcc,
+// and the CPU emulator's launch where csrc/tests/cuda_emulator stands in for CUDA's headers (it defines
+// VAEFAST_CUDA_EMULATOR), so that the tests run these very sources on machines without a GPU.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                   const Args&... args) {
+#if defined(VAEFAST_CUDA_EMULATOR)
+  ::vaefast::emulator::launch(kernel, grid, block, shared_bytes, stream, args...);
+#else
+  kernel<<<grid, block, shared_bytes, stream>>>(args...);
+#endif
+}
+
+// The block's dynamic shared memory (launch_kernel's shared_bytes), 16-byte aligned. Behind a function
+// because the emulator cannot give a block-scope `extern __shared__` array a per-launch address.
+__device__ __forceinline__ unsigned char* dynamic_shared_memory() {
+#if defined(VAEFAST_CUDA_EMULATOR)
+  return ::vaefast::emulator::dynamic_shared_memory();
+#else
+  extern __shared__ __align__(16) unsigned char dynamic_shared[];
+  return dynamic_shared;
+#endif
+}
+
 // Widen to the accumulation type / narrow to storage (float16 and bfloat16 go through float).
 template <typename acc, typename scalar_t>
 __device__ __forceinline__ acc to_acc(scalar_t v) {
@@ -180,10 +204,11 @@ void run_row_sums(int64_t rows, int64_t cols, const Term& term, const Done& done
                   cudaStream_t stream) {
   const int64_t chunks = row_chunks(cols);
   acc* partial = static_cast<acc*>(workspace);
-  row_chunk_sums_kernel<acc><<<grid_for(rows * chunks * kWarp), kThreads, 0, stream>>>(rows, cols, term, done,
-                                                                                       partial);
+  launch_kernel(row_chunk_sums_kernel<acc, Term, Done>, grid_for(rows * chunks * kWarp), kThreads, 0, stream, rows,
+                cols, term, done, partial);
   if (chunks > 1) {
-    finish_row_sums_kernel<acc><<<grid_for(rows * kWarp), kThreads, 0, stream>>>(rows, chunks, partial, done);
+    launch_kernel(finish_row_sums_kernel<acc, Done>, grid_for(rows * kWarp), kThreads, 0, stream, rows, chunks,
+                  partial, done);
   }
 }
 

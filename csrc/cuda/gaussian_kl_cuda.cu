@@ -71,9 +71,9 @@ void launch_gaussian_kl_backward(const GaussianKlBackwardParams<scalar_t>& p, cu
                           aligned_to(p.grad_mu, pack_bytes) && aligned_to(p.grad_logvar, pack_bytes);
   const int64_t numel = p.batch * p.features;
   if (vectorised) {
-    gaussian_kl_backward_kernel<scalar_t, N><<<grid_for(numel / N), kThreads, 0, stream>>>(p);
+    launch_kernel(gaussian_kl_backward_kernel<scalar_t, N>, grid_for(numel / N), kThreads, 0, stream, p);
   } else {
-    gaussian_kl_backward_kernel<scalar_t, 1><<<grid_for(numel), kThreads, 0, stream>>>(p);
+    launch_kernel(gaussian_kl_backward_kernel<scalar_t, 1>, grid_for(numel), kThreads, 0, stream, p);
   }
 }
 

@@ -261,7 +261,7 @@ void launch_backward_per_row(const GaussianNllBackwardParams<scalar_t>& p, cudaS
                     NllBackwardDone<scalar_t, layout>{p.grad, p.grad_log_gamma, row_values, p.features}, workspace,
                     stream);
   if constexpr (layout == LogGammaLayout::kScalar) {
-    sum_rows_kernel<scalar_t><<<1, kThreads, 0, stream>>>(row_values, p.batch, p.grad_log_gamma);
+    launch_kernel(sum_rows_kernel<scalar_t>, 1, kThreads, 0, stream, row_values, p.batch, p.grad_log_gamma);
   }
 }
 
@@ -322,19 +322,20 @@ void launch_gaussian_nll_backward(const GaussianNllBackwardParams<scalar_t>& p, 
     case LogGammaLayout::kPerFeature: {
       const int64_t row_blocks = (p.batch + kNllRowBlock - 1) / kNllRowBlock;
       acc* partial = static_cast<acc*>(p.workspace);
-      nll_backward_per_feature_kernel<scalar_t><<<grid_for(row_blocks * p.features), kThreads, 0, stream>>>(p, partial);
+      launch_kernel(nll_backward_per_feature_kernel<scalar_t>, grid_for(row_blocks * p.features), kThreads, 0, stream,
+                    p, partial);
       if (row_blocks > 1) {
-        finish_columns_kernel<scalar_t><<<grid_for(p.features), kThreads, 0, stream>>>(partial, row_blocks, p.features,
-                                                                                       p.grad_log_gamma);
+        launch_kernel(finish_columns_kernel<scalar_t>, grid_for(p.features), kThreads, 0, stream, partial, row_blocks,
+                      p.features, p.grad_log_gamma);
       }
       break;
     }
     case LogGammaLayout::kFull: {
       const int64_t numel = p.batch * p.features;
       if (packs_fit<scalar_t>(p.features, {p.x, p.x_hat, p.log_gamma, p.grad_x_hat, p.grad_log_gamma})) {
-        nll_backward_full_kernel<scalar_t, N><<<grid_for(numel / N), kThreads, 0, stream>>>(p);
+        launch_kernel(nll_backward_full_kernel<scalar_t, N>, grid_for(numel / N), kThreads, 0, stream, p);
       } else {
-        nll_backward_full_kernel<scalar_t, 1><<<grid_for(numel), kThreads, 0, stream>>>(p);
+        launch_kernel(nll_backward_full_kernel<scalar_t, 1>, grid_for(numel), kThreads, 0, stream, p);
       }
       break;
     }

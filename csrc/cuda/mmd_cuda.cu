@@ -169,8 +169,7 @@ __global__ void __launch_bounds__(kThreads) row_gradients_kernel(RowGradients<sc
                                                                  PairKernelConstants<acc_t<scalar_t>> constants) {
   using acc = acc_t<scalar_t>;
   constexpr bool dot_product = kDotProduct<kernel>;
-  extern __shared__ unsigned char shared_bytes[];
-  acc (*a_tile)[kPad] = reinterpret_cast<acc (*)[kPad]>(shared_bytes);
+  acc (*a_tile)[kPad] = reinterpret_cast<acc (*)[kPad]>(dynamic_shared_memory());
   acc (*b_tile)[kPad] = a_tile + kTile;
   acc (*weights)[kPad] = b_tile + kTile;  // weights[i][j]
   const int tx = threadIdx.x % kSide;
@@ -264,7 +263,7 @@ void launch_row_gradients(const RowGradients<scalar_t>& g, const PairKernelConst
   }
   const dim3 grid(static_cast<unsigned int>(tiles(g.rows_a)),
                   static_cast<unsigned int>((g.d + kBackwardChunk - 1) / kBackwardChunk));
-  row_gradients_kernel<scalar_t, kernel><<<grid, kThreads, shared, stream>>>(g, constants);
+  launch_kernel(row_gradients_kernel<scalar_t, kernel>, grid, kThreads, shared, stream, g, constants);
 }
 
 template <typename scalar_t, PairKernel kernel>
@@ -277,8 +276,8 @@ void launch_forward(const KernelSumParams<scalar_t>& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(row_tiles),
                   static_cast<unsigned int>((col_tiles + per_block - 1) / per_block));
   double* partial = static_cast<double*>(p.workspace);
-  kernel_sum_kernel<scalar_t, kernel><<<grid, kThreads, 0, stream>>>(p, constants, per_block, partial);
-  sum_partials_kernel<<<1, kThreads, 0, stream>>>(partial, static_cast<int64_t>(grid.x) * grid.y, p.out);
+  launch_kernel(kernel_sum_kernel<scalar_t, kernel>, grid, kThreads, 0, stream, p, constants, per_block, partial);
+  launch_kernel(sum_partials_kernel, 1, kThreads, 0, stream, partial, static_cast<int64_t>(grid.x) * grid.y, p.out);
 }
 
 template <typename scalar_t, PairKernel kernel>

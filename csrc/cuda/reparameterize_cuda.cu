@@ -116,16 +116,16 @@ void launch_reparameterize(const ReparameterizeParams<scalar_t>& p, cudaStream_t
   if (vectorised) {
     const unsigned int grid = grid_for(total / N);
     if (draw) {
-      reparameterize_kernel<scalar_t, N, true><<<grid, kThreads, 0, stream>>>(p);
+      launch_kernel(reparameterize_kernel<scalar_t, N, true>, grid, kThreads, 0, stream, p);
     } else {
-      reparameterize_kernel<scalar_t, N, false><<<grid, kThreads, 0, stream>>>(p);
+      launch_kernel(reparameterize_kernel<scalar_t, N, false>, grid, kThreads, 0, stream, p);
     }
   } else {
     const unsigned int grid = grid_for((total + 3) / 4);
     if (draw) {
-      reparameterize_scalar_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(p);
+      launch_kernel(reparameterize_scalar_kernel<scalar_t, true>, grid, kThreads, 0, stream, p);
     } else {
-      reparameterize_scalar_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(p);
+      launch_kernel(reparameterize_scalar_kernel<scalar_t, false>, grid, kThreads, 0, stream, p);
     }
   }
 }
@@ -137,9 +137,9 @@ void launch_reparameterize_backward(const ReparameterizeBackwardParams<scalar_t>
   const bool vectorised = p.numel % N == 0 && aligned_to(p.grad_z, pack_bytes) && aligned_to(p.z, pack_bytes) &&
                           aligned_to(p.mu, pack_bytes) && aligned_to(p.grad_logvar, pack_bytes);
   if (vectorised) {
-    reparameterize_backward_kernel<scalar_t, N><<<grid_for(p.numel / N), kThreads, 0, stream>>>(p);
+    launch_kernel(reparameterize_backward_kernel<scalar_t, N>, grid_for(p.numel / N), kThreads, 0, stream, p);
   } else {
-    reparameterize_backward_kernel<scalar_t, 1><<<grid_for(p.numel), kThreads, 0, stream>>>(p);
+    launch_kernel(reparameterize_backward_kernel<scalar_t, 1>, grid_for(p.numel), kThreads, 0, stream, p);
   }
 }
 

@@ -120,9 +120,9 @@ void launch_reparameterize_kl_backward(const ReparameterizeKlBackwardParams<scal
                           aligned_to(p.grad_mu, pack_bytes) && aligned_to(p.grad_logvar, pack_bytes);
   const int64_t numel = p.batch * p.features;
   if (vectorised) {
-    reparameterize_kl_backward_kernel<scalar_t, N><<<grid_for(numel / N), kThreads, 0, stream>>>(p);
+    launch_kernel(reparameterize_kl_backward_kernel<scalar_t, N>, grid_for(numel / N), kThreads, 0, stream, p);
   } else {
-    reparameterize_kl_backward_kernel<scalar_t, 1><<<grid_for(numel), kThreads, 0, stream>>>(p);
+    launch_kernel(reparameterize_kl_backward_kernel<scalar_t, 1>, grid_for(numel), kThreads, 0, stream, p);
   }
 }
 
