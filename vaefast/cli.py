@@ -99,6 +99,10 @@ def build_parser():
     evaluate.add_argument("--cache-dir", default="~/.cache/vaefast", help="where the feature classifier is cached")
     evaluate.set_defaults(run=run_eval)
 
+    from .demo import add_parser as add_demo_parser
+
+    add_demo_parser(commands)
+
     info = commands.add_parser("info", help="print which kernels were compiled (JSON)",
                                description="Print vaefast.backend_info() as JSON.")
     info.set_defaults(run=run_info)
@@ -202,9 +206,12 @@ def run_eval(args):
 
 def evaluate_and_report(model, data, data_dir, split, limit, device, out, *, extractor=None, iwae_samples=50):
     """Prints the metrics of `model` on a data split (vaefast.metrics.evaluate: FD/KID when an extractor is
-    given, reconstruction MSE, ELBO, IWAE bound, diagnostics) and writes them to `out` as JSON."""
+    given, reconstruction MSE, ELBO, IWAE bound, diagnostics with the latent MMD's standard error) and writes
+    them to `out` as JSON with the codes' singular values, plotted in singular_values.png beside it."""
     from .data import load_dataset
     from .metrics import evaluate
+    from .models import code_spectra
+    from .plots import plot_singular_values
 
     x, _ = load_dataset(data, data_dir=data_dir, split=split, limit=limit)
     x = x.to(device, next(model.parameters()).dtype)
@@ -212,9 +219,20 @@ def evaluate_and_report(model, data, data_dir, split, limit, device, out, *, ext
     print(f"metrics on {data} ({split}, {x.shape[0]} examples{'' if extractor is None else ', as many samples'}):")
     width = max(len(name) for name in result)
     for name, value in result.items():
+        if name.endswith("_se"):  # shown beside its estimate
+            continue
         shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
-        print(f"  {name:<{width}}  {shown}")
-    Path(out).write_text(json.dumps({"data": str(data), "split": split, "examples": x.shape[0], **result},
+        if result.get(f"{name}_se") is not None:
+            shown += f" +- {result[name + '_se']:.2g}"
+        print(f"  {name:<{width}}  {shown}{'  (the same estimator on N(0, I) samples)' if name == 'latent_mmd_prior' else ''}")
+    spectra = code_spectra(model, x, generator=torch.Generator(x.device).manual_seed(0))
+    spectrum_plot = Path(out).with_name("singular_values.png")
+    plot_singular_values(spectra, spectrum_plot, title=f"singular values of the codes / sqrt(n), {data} {split}")
+    print(f"  singular values of the codes (largest, smallest; N(0, I) gives values near 1), plot: {spectrum_plot}")
+    for label, values in spectra.items():
+        print(f"    {label:<13} {float(values[0]):.3g}, {float(values[-1]):.3g}")
+    Path(out).write_text(json.dumps({"data": str(data), "split": split, "examples": x.shape[0], **result,
+                                     "singular_values": {k: v.tolist() for k, v in spectra.items()}},
                                     indent=2) + "\n")
     print(f"written: {out}")
 
