@@ -32,7 +32,6 @@ singular_values.png (seed 0's codes against the prior's), histories.json.
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import sys
@@ -322,6 +321,11 @@ def plot_histories(out, histories):
             gammas = [r.get("gamma") for r in records]
             if all(g is not None and g == g for g in gammas) and (name not in STAGE1_OF or stage == "stage2"):
                 gamma_axis.plot(steps, gammas, style, label=label + (" (gamma_z)" if stage == "stage2" else ""))
+    learned = [r for r in histories.get("vae-learned", []) if r.get("stage") == "stage1"]
+    if learned:  # Adam moves log gamma by at most about lr a step: from gamma = 1, exp(-sum of lr) is its floor
+        steps, lrs = [r["step"] for r in learned], [r["lr"] for r in learned]
+        spent = np.cumsum([lr * (step - previous) for lr, step, previous in zip(lrs, steps, [0, *steps[:-1]])])
+        gamma_axis.plot(steps, np.exp(-spent), "k:", label="exp(-sum of lr): Adam's limit")
     gamma_axis.set(yscale="log", xlabel="step", ylabel="gamma (decoder std)", title="gamma over training (seed 0)")
     loss_axis.set(yscale="symlog", xlabel="step", ylabel="loss (nats per example)", title="loss (seed 0)")
     for axis in (gamma_axis, loss_axis):
@@ -430,7 +434,8 @@ def main(argv=None):
                       f"- features for FD/KID: vaefast CNN classifier (penultimate layer, 128-d), trained on "
                       f"{x_classifier.shape[0]} training images, test accuracy "
                       f"{classifier_info.get('test_accuracy', float('nan')):.4f}; not Inception: not the paper's scale"]
-            claim_sets = [(f"{gamma} gamma", claims(summary, runs, histories, gamma)) for gamma in ("learned", "optimal")]
+            claim_sets = [(f"{gamma} gamma", claims(summary, runs, histories, gamma))
+                          for gamma in ("learned", "optimal")]
             write_tables(out, runs, summary, header, claim_sets)
         (out / "histories.json").write_text(json.dumps(histories) + "\n")
         plot_histories(out, histories)  # once per seed: a figure costs about a second

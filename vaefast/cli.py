@@ -224,7 +224,9 @@ def evaluate_and_report(model, data, data_dir, split, limit, device, out, *, ext
         shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
         if result.get(f"{name}_se") is not None:
             shown += f" +- {result[name + '_se']:.2g}"
-        print(f"  {name:<{width}}  {shown}{'  (the same estimator on N(0, I) samples)' if name == 'latent_mmd_prior' else ''}")
+        if name == "latent_mmd_prior":
+            shown += "  (the same estimator on N(0, I) samples: the noise floor)"
+        print(f"  {name:<{width}}  {shown}")
     spectra = code_spectra(model, x, generator=torch.Generator(x.device).manual_seed(0))
     spectrum_plot = Path(out).with_name("singular_values.png")
     plot_singular_values(spectra, spectrum_plot, title=f"singular values of the codes / sqrt(n), {data} {split}")

@@ -93,14 +93,14 @@ def run_demo(args):
         train_two_stage(model, x, stage(args.epochs, 150), stage(args.stage2_epochs or 2 * args.epochs, 300))
         model.eval()
         reference = next(model.parameters())
-        codes_of = x.to(reference.device, reference.dtype).repeat(args.code_draws, *([1] * (x.dim() - 1)))
+        x_repeated = x.to(reference.device, reference.dtype).repeat(args.code_draws, *([1] * (x.dim() - 1)))
         generator = torch.Generator(reference.device).manual_seed(seed)
-        report = diagnostics(model, codes_of, generator=generator)
+        report = diagnostics(model, x_repeated, generator=generator)
         if extractor is not None:
             report.update(sample_distances(model, extractor, x_test, seed))
         rows.append({"seed": seed, **report})
         if seed == 0:
-            spectra = code_spectra(model, codes_of, generator=torch.Generator(reference.device).manual_seed(0))
+            spectra = code_spectra(model, x_repeated, generator=torch.Generator(reference.device).manual_seed(0))
             plot_singular_values(spectra, out / "singular_values.png",
                                  title="singular values of the training codes / sqrt(n), seed 0")
             side_by_side(model, out / "samples_side_by_side.png", plot_side_by_side)
