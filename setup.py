@@ -70,7 +70,7 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "scikit-learn", "tqdm", "matplotlib"],
+    install_requires=["torch>=2.4", "numpy", "scipy", "scikit-learn", "tqdm", "matplotlib"],
     # experiments: experiments/robust_mnist.py and robust_synthetic.py compare against TensorLy's convex robust PCA.
     extras_require={"test": ["pytest", "hypothesis", "scipy", "numpy"], "experiments": ["tensorly"]},
     entry_points={"console_scripts": ["vaefast=vaefast.__main__:main"]},

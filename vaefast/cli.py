@@ -183,6 +183,10 @@ def build_parser():
     evaluate.add_argument("--cache-dir", default="~/.cache/vaefast", help="where the feature classifier is cached")
     evaluate.set_defaults(run=run_eval)
 
+    from .demo import add_parser as add_demo_parser
+
+    add_demo_parser(commands)
+
     info = commands.add_parser("info", help="print which kernels were compiled (JSON)",
                                description="Print vaefast.backend_info() as JSON.")
     info.set_defaults(run=run_info)
@@ -318,18 +322,34 @@ def data_shape(model):
 
 def evaluate_and_report(model, x, data, split, device, out, *, extractor=None, iwae_samples=50):
     """Prints the metrics of `model` on x, a split of the data set named `data` (vaefast.metrics.evaluate:
-    FD/KID when an extractor is given, reconstruction MSE, ELBO, IWAE bound, diagnostics) and writes them
-    to `out` as JSON."""
+    FD/KID when an extractor is given, reconstruction MSE, ELBO, IWAE bound, diagnostics with the latent
+    MMD's standard error) and writes them to `out` as JSON with the codes' singular values, plotted in
+    singular_values.png beside it."""
     from .metrics import evaluate
+    from .models import code_spectra
+    from .plots import plot_singular_values
 
     x = x.to(device, next(model.parameters()).dtype)
     result = evaluate(model, x, extractor, iwae_samples=iwae_samples)
     print(f"metrics on {data} ({split}, {x.shape[0]} examples{'' if extractor is None else ', as many samples'}):")
     width = max(len(name) for name in result)
     for name, value in result.items():
+        if name.endswith("_se"):  # shown beside its estimate
+            continue
         shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        if result.get(f"{name}_se") is not None:
+            shown += f" +- {result[name + '_se']:.2g}"
+        if name == "latent_mmd_prior":
+            shown += "  (the same estimator on N(0, I) samples: the noise floor)"
         print(f"  {name:<{width}}  {shown}")
-    Path(out).write_text(json.dumps({"data": str(data), "split": split, "examples": x.shape[0], **result},
+    spectra = code_spectra(model, x, generator=torch.Generator(x.device).manual_seed(0))
+    spectrum_plot = Path(out).with_name("singular_values.png")
+    plot_singular_values(spectra, spectrum_plot, title=f"singular values of the codes / sqrt(n), {data} {split}")
+    print(f"  singular values of the codes (largest, smallest; N(0, I) gives values near 1), plot: {spectrum_plot}")
+    for label, values in spectra.items():
+        print(f"    {label:<13} {float(values[0]):.3g}, {float(values[-1]):.3g}")
+    Path(out).write_text(json.dumps({"data": str(data), "split": split, "examples": x.shape[0], **result,
+                                     "singular_values": {k: v.tolist() for k, v in spectra.items()}},
                                     indent=2) + "\n")
     print(f"written: {out}")
 

@@ -6,7 +6,8 @@ import dataclasses
 from torch import nn
 
 from .cvae import CVAEConfig, ConditionalVAE
-from .diagnostics import active_dimensions, diagnostics, latent_mmd, latent_variances
+from .diagnostics import (active_dimensions, code_spectra, diagnostics, latent_codes, latent_mmd, latent_mmd_estimate,
+                          latent_variances, prior_mmd_floor, singular_values)
 from .iwae import iwae_bound
 from .networks import (InfoGANDecoder, InfoGANEncoder, MLPDecoder, MLPEncoder, ResNetDecoder, ResNetEncoder,
                        Stage2Decoder, Stage2Encoder)
@@ -43,8 +44,10 @@ def config_of(model: nn.Module) -> tuple[str, dict]:
 
 
 __all__ = [
-    "CVAEConfig", "ConditionalVAE", "InfoGANDecoder", "InfoGANEncoder", "MLPDecoder", "MLPEncoder", "MODELS",
-    "ModelOutput", "ResNetDecoder", "RobustVAE", "RobustVAEConfig", "ResNetEncoder", "Stage2Decoder", "Stage2Encoder", "TwoStageConfig",
+    "CVAEConfig", "ConditionalVAE", "code_spectra", "InfoGANDecoder", "InfoGANEncoder", "MLPDecoder", "MLPEncoder",
+    "MODELS", "ModelOutput", "ResNetDecoder", "ResNetEncoder", "RobustVAE", "RobustVAEConfig", "Stage2Decoder",
+    "Stage2Encoder", "TwoStageConfig",
     "TwoStageVAE", "VAE", "VAEConfig", "WAE", "WAEConfig", "active_dimensions", "build", "config_of",
-    "diagnostics", "iwae_bound", "latent_mmd", "latent_variances",
+    "diagnostics", "iwae_bound", "latent_codes", "latent_mmd", "latent_mmd_estimate", "latent_variances",
+    "prior_mmd_floor", "singular_values",
 ]
