@@ -58,8 +58,11 @@ def test_tiny_demo_writes_its_table_figures_and_json(tmp_path, capsys):
 
 
 def test_bad_counts_are_refused_by_name(tmp_path, capsys):
-    assert main(["demo", "--seeds", "0", "--out", str(tmp_path)]) == 1
-    assert "--seeds must be >= 1" in capsys.readouterr().err
+    for flag in ("--seeds", "--epochs", "--code-draws", "--batch-size"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", flag, "0", "--out", str(tmp_path)])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: must be a positive integer; got 0" in capsys.readouterr().err
 
 
 def test_verdict_is_half_of_stage_one_beyond_two_standard_errors():

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import positive_float, positive_int
+
 # Block-SE multiples the stage-2 MMD must clear: 0.5 * MMD_1 - MMD_2 > this many standard errors of it.
 STANDARD_ERRORS = 2.0
 
@@ -37,24 +39,24 @@ def add_parser(commands):
         "optimal gamma, 30 + 60 epochs, lr 1e-3, 3 seeds).")
     demo.add_argument("--data", default="digits", help="'digits' (built in), 'mnist' or a path (as for train)")
     demo.add_argument("--data-dir", help="where 'mnist' lives (default $VAEFAST_DATA_DIR)")
-    demo.add_argument("--limit", type=int, help="use only the first N training examples")
+    demo.add_argument("--limit", type=positive_int, help="use only the first N training examples")
     demo.add_argument("--out", required=True, help="output directory (one folder per seed inside)")
-    demo.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    demo.add_argument("--epochs", type=int, default=30, help="stage-1 epochs (default 30)")
-    demo.add_argument("--stage2-epochs", type=int, help="stage-2 epochs (default: 2 x --epochs, as in the paper)")
-    demo.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    demo.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    demo.add_argument("--epochs", type=positive_int, default=30, help="stage-1 epochs (default 30)")
+    demo.add_argument("--stage2-epochs", type=positive_int, help="stage-2 epochs (default: 2 x --epochs, as in the paper)")
+    demo.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     demo.add_argument("--gamma", default="optimal", help="stage-1 decoder std: optimal (default), learned or a "
                       "number")
-    demo.add_argument("--latent-dim", type=int, help="latent dimension (default as for train: 16 for the digits)")
+    demo.add_argument("--latent-dim", type=positive_int, help="latent dimension (default as for train: 16 for the digits)")
     demo.add_argument("--architecture", choices=["mlp", "infogan", "resnet"], help="networks (default as for train)")
-    demo.add_argument("--stage2-width", type=int, help="stage-2 layer width (default as for train)")
-    demo.add_argument("--stage2-depth", type=int, default=3, help="stage-2 layers (paper: 3)")
-    demo.add_argument("--batch-size", type=int, default=64)
-    demo.add_argument("--code-draws", type=int, default=4, help="codes drawn per training example for the MMD "
+    demo.add_argument("--stage2-width", type=positive_int, help="stage-2 layer width (default as for train)")
+    demo.add_argument("--stage2-depth", type=positive_int, default=3, help="stage-2 layers (paper: 3)")
+    demo.add_argument("--batch-size", type=positive_int, default=64)
+    demo.add_argument("--code-draws", type=positive_int, default=4, help="codes drawn per training example for the MMD "
                       "(default 4: 5,752 codes for the digits, blocks of 575)")
     demo.add_argument("--no-features", action="store_true", help="skip the FD of the samples (no classifier)")
     demo.add_argument("--cache-dir", default="~/.cache/vaefast", help="where the feature classifier is cached")
-    demo.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: these MLPs are tiny)")
+    demo.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1: these MLPs are tiny)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     demo.set_defaults(run=run_demo, kind="two-stage")
     return demo
@@ -67,9 +69,6 @@ def run_demo(args):
     from .plots import plot_side_by_side, plot_singular_values
     from .train import TrainConfig, train_two_stage
 
-    for name in ("seeds", "epochs", "code_draws", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     x, _ = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit)
