@@ -67,7 +67,8 @@ def test_gaussian_kl_matches_cpu(dtype, shape):
 @pytest.mark.parametrize("layout", ("scalar", "per_sample", "per_feature", "full"))
 def test_gaussian_nll_matches_cpu(dtype, shape, layout):
     x, x_hat = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
-    log_gamma_shape = {"scalar": (), "per_sample": shape[:1], "per_feature": shape[1:], "full": shape}[layout]
+    per_sample = (shape[0], *([1] * (len(shape) - 1)))
+    log_gamma_shape = {"scalar": (), "per_sample": per_sample, "per_feature": shape[1:], "full": shape}[layout]
     log_gamma = (0.3 * torch.randn(log_gamma_shape)).to(dtype)
     compare(lambda a, b, g: vaefast.gaussian_nll(a, b, g, reduction="none"), (x, x_hat, log_gamma), dtype)
 

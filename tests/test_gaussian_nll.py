@@ -20,18 +20,18 @@ from vaefast.ops import reference
 
 # (x shape, log_gamma shape): every layout the contract names, on the sizes that matter to the kernels:
 # [0, 7] empty batch, [7, 0] no features, [2, 20000] rows over three 8192-element reduction chunks, [4, 13]
-# features not a multiple of the 8-lane vectors (and a one-element log_gamma of higher rank than x),
-# [6, 6] where a [6] log_gamma is per sample (B == D), [130, 9] per-feature gradients over three 64-row
-# blocks, a 1-D x with one feature per sample.
+# features not a multiple of the 8-lane vectors, [6, 6] where a [6] log_gamma is per feature and [6, 1] per
+# sample (B == D), [130, 9] per-feature gradients over three 64-row blocks, a 1-D x with one feature per
+# sample. log_gamma broadcasts against x by numpy's rules, nothing else.
 CASES = [
     ((1, 5), ()), ((1, 5), (1,)), ((1, 5), (1, 5)), ((1, 5), (5,)),
-    ((0, 7), ()), ((0, 7), (0,)), ((0, 7), (1, 7)), ((0, 7), (0, 7)),
-    ((7, 0), ()), ((7, 0), (7,)), ((7, 0), (1, 0)),
-    ((2, 20000), ()), ((2, 20000), (2,)), ((2, 20000), (1, 20000)), ((2, 20000), (2, 20000)),
-    ((5, 3, 4, 4), ()), ((5, 3, 4, 4), (1, 1, 1, 1)), ((5, 3, 4, 4), (5,)), ((5, 3, 4, 4), (1, 3, 4, 4)),
+    ((0, 7), ()), ((0, 7), (0, 1)), ((0, 7), (1, 7)), ((0, 7), (0, 7)),
+    ((7, 0), ()), ((7, 0), (7, 1)), ((7, 0), (1, 0)),
+    ((2, 20000), ()), ((2, 20000), (2, 1)), ((2, 20000), (1, 20000)), ((2, 20000), (2, 20000)),
+    ((5, 3, 4, 4), ()), ((5, 3, 4, 4), (1, 1, 1, 1)), ((5, 3, 4, 4), (1, 3, 1, 1)), ((5, 3, 4, 4), (1, 3, 4, 4)),
     ((5, 3, 4, 4), (3, 1, 1)), ((5, 3, 4, 4), (4,)), ((5, 3, 4, 4), (5, 3, 1, 4)), ((5, 3, 4, 4), (5, 1, 1, 1)),
     ((5, 3, 4, 4), (5, 3, 4, 4)),
-    ((4, 13), (13,)), ((4, 13), (4, 1)), ((4, 13), (1, 1, 1)), ((6, 6), (6,)), ((6, 6), (1, 6)), ((130, 9), (1, 9)),
+    ((4, 13), (13,)), ((4, 13), (4, 1)), ((4, 13), (1, 1)), ((6, 6), (6,)), ((6, 6), (6, 1)), ((6, 6), (1, 6)), ((130, 9), (1, 9)),
     ((6,), ()), ((6,), (6,)),
 ]
 
@@ -47,16 +47,6 @@ def make_triple(x_shape, log_gamma_shape, layout, dtype=torch.float64, generator
     return [x, x_hat, log_gamma], [x_view, x_view, log_gamma_view]
 
 
-def per_element_log_gamma(log_gamma, x):
-    """log_gamma shaped to broadcast against x: one element is the scalar, a [B] tensor is per sample (the
-    contract's rule), anything else broadcasts as it is."""
-    if log_gamma.numel() == 1:
-        return log_gamma.reshape(())
-    if log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
-        return log_gamma.reshape(-1, *([1] * (x.dim() - 1)))
-    return log_gamma
-
-
 def nll_magnitudes(x, x_hat, log_gamma, *, cotangent, reduction):
     """Magnitudes the NLL and d/d log_gamma pass through before cancelling, for the earned floors (float64).
 
@@ -65,7 +55,7 @@ def nll_magnitudes(x, x_hat, log_gamma, *, cotangent, reduction):
     float32 evaluation loses a few ulps of these magnitudes, however small the result."""
     if x.numel() == 0:
         return None
-    aligned = per_element_log_gamma(log_gamma, x)
+    aligned = log_gamma
     scaled_squares = (x - x_hat).pow(2) * torch.exp(-2 * aligned)  # r^2 / gamma^2, x's shape
     per_sample = reference.sum_per_sample(0.5 * scaled_squares + (aligned + reference.HALF_LOG_2PI).abs())
     batch = x.shape[0]
@@ -94,19 +84,19 @@ def test_empty_batch_and_no_features(reduction):
     empty = vaefast.gaussian_nll(torch.randn(0, 7), torch.randn(0, 7), torch.randn(()), reduction=reduction)
     expected_empty = {"none": torch.empty(0), "sum": torch.tensor(0.0), "mean": torch.tensor(math.nan)}
     torch.testing.assert_close(empty, expected_empty[reduction], equal_nan=True)
-    for log_gamma in (torch.randn(()), torch.randn(7), torch.randn(1, 0)):
+    for log_gamma in (torch.randn(()), torch.randn(7, 1), torch.randn(1, 0)):
         featureless = vaefast.gaussian_nll(torch.randn(7, 0), torch.randn(7, 0), log_gamma, reduction=reduction)
         assert bool((featureless == 0).all()) and featureless.shape == ((7,) if reduction == "none" else ())
 
 
-@pytest.mark.parametrize("x_shape, log_gamma_shape", [((4, 3, 5), ()), ((4, 3, 5), (4,)), ((4, 3, 5), (1, 3, 5)),
+@pytest.mark.parametrize("x_shape, log_gamma_shape", [((4, 3, 5), ()), ((4, 3, 5), (4, 1, 1)), ((4, 3, 5), (1, 3, 5)),
                                                       ((4, 3, 5), (3, 1)), ((4, 3, 5), (4, 3, 5))], ids=str)
 def test_matches_torch_distributions(x_shape, log_gamma_shape):
     """An independent formula: -Normal(x_hat, gamma).log_prob(x), summed per sample."""
     bases, views = make_triple(x_shape, log_gamma_shape, "contiguous")
 
     def via_distributions(x, x_hat, log_gamma, reduction):
-        gamma = torch.exp(per_element_log_gamma(log_gamma, x)).expand(x.shape)
+        gamma = torch.exp(log_gamma).expand(x.shape)
         nll = -Normal(x_hat, gamma).log_prob(x)
         return reference.reduce_per_sample(nll.reshape(x.shape[0], -1).sum(dim=1), reduction)
 
@@ -120,7 +110,7 @@ def test_matches_torch_distributions(x_shape, log_gamma_shape):
 
 @pytest.mark.parametrize("reduction", ("none", "mean"))
 @pytest.mark.parametrize("x_shape, log_gamma_shape, layout", [
-    ((4, 37), (), "contiguous"), ((4, 37), (4,), "step"), ((2, 20000), (), "contiguous"),
+    ((4, 37), (), "contiguous"), ((4, 37), (4, 1), "step"), ((2, 20000), (), "contiguous"),
     ((2, 20000), (1, 20000), "contiguous"), ((3, 4, 5, 6), (4, 1, 1), "step"),
     ((3, 4, 5, 6), (3, 4, 5, 6), "transposed"),
 ], ids=str)
@@ -151,7 +141,7 @@ def test_long_rows_per_feature_log_gamma_within_earned_tolerance(log_gamma_shape
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
-@pytest.mark.parametrize("log_gamma_shape", [(), (3,), (1, 16)], ids=str)
+@pytest.mark.parametrize("log_gamma_shape", [(), (3, 1), (1, 16)], ids=str)
 def test_large_residuals_with_large_gamma_stay_finite(dtype, log_gamma_shape):
     """Residuals of 1e19 to 1.5e19 are representable in float32 and bfloat16 and so are their squares (1e38 <
     3.4e38); divided by gamma^2 = exp(40) each term is about 1e21, which the reference sums without
@@ -165,10 +155,10 @@ def test_large_residuals_with_large_gamma_stay_finite(dtype, log_gamma_shape):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("x_shape, log_gamma_shape, layout", [
-    ((3, 4), (), "contiguous"), ((3, 4), (1,), "step"), ((3, 4), (3,), "contiguous"), ((3, 4), (1, 4), "transposed"),
+    ((3, 4), (), "contiguous"), ((3, 4), (1,), "step"), ((3, 4), (1, 4), "transposed"),
     ((3, 4), (4,), "contiguous"), ((3, 4), (3, 4), "step"), ((3, 4), (3, 1), "contiguous"),
     ((2, 3, 2, 2), (3, 1, 1), "contiguous"), ((2, 3, 2, 2), (1, 3, 2, 2), "transposed"),
-    ((2, 3, 2, 2), (2, 3, 2, 2), "contiguous"), ((2, 3, 2, 2), (2, 3, 1, 2), "step"), ((2, 3, 2, 2), (2,), "step"),
+    ((2, 3, 2, 2), (2, 3, 2, 2), "contiguous"), ((2, 3, 2, 2), (2, 3, 1, 2), "step"), ((2, 3, 2, 2), (2, 1, 1, 1), "step"),
 ], ids=str)
 def test_gradcheck(x_shape, log_gamma_shape, layout, reduction):
     """Finite differences in float64 for d/dx, d/dx_hat and d/dlog_gamma, every log_gamma layout."""
@@ -182,7 +172,7 @@ def test_gradcheck(x_shape, log_gamma_shape, layout, reduction):
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
-@pytest.mark.parametrize("log_gamma_shape, layout", [((), "contiguous"), ((2,), "contiguous"), ((3, 1, 1), "step"),
+@pytest.mark.parametrize("log_gamma_shape, layout", [((), "contiguous"), ((2, 1, 1, 1), "contiguous"), ((3, 1, 1), "step"),
                                                      ((1, 3, 4, 5), "transposed"), ((2, 3, 1, 5), "contiguous")],
                          ids=str)
 def test_opcheck(dtype, log_gamma_shape, layout):
@@ -222,13 +212,13 @@ def test_torch_compile_fullgraph_matches_eager():
     assert_all_match(eager, reference32, exact, scales)
 
 
-# The spellings of log_gamma the contract accepts, grouped by the kernel layout they map to (with B = 1 a
-# "full" log_gamma has a leading 1 and runs as per-feature).
+# The spellings of log_gamma the contract accepts (numpy broadcasting against x), grouped by the kernel
+# layout they map to (with B = 1 a "full" log_gamma has a leading 1 and runs as per-feature).
 KERNEL_LAYOUTS = {
     "scalar": ("scalar", "one_element"),
     "per_sample": ("per_sample",),
     "per_feature": ("per_feature", "last_dim", "per_channel"),
-    "full": ("full", "per_sample_keepdim"),
+    "full": ("full",),
 }
 
 
@@ -236,13 +226,12 @@ def log_gamma_shape_for(layout, x_shape):
     batch, *features = x_shape
     return {
         "scalar": (),
-        "one_element": (1,) * (len(x_shape) + 1),  # more dimensions than x, still one value
-        "per_sample": (batch,),
+        "one_element": (1,) * len(x_shape),
+        "per_sample": (batch, *([1] * len(features))),
         "per_feature": (1, *features),
         "last_dim": (features[-1],),
         "per_channel": (features[0], *([1] * (len(features) - 1))),
         "full": tuple(x_shape),
-        "per_sample_keepdim": (batch, *([1] * len(features))),
     }[layout]
 
 
@@ -316,7 +305,7 @@ def test_property_matches_reference(kernel_layout, data):
 
 
 @pytest.mark.parametrize("x_shape, log_gamma_shape", [
-    ((2, 20000), ()), ((2, 20000), (1, 20000)), ((150, 300), (1, 300)), ((150, 300), (150,)),
+    ((2, 20000), ()), ((2, 20000), (1, 20000)), ((150, 300), (1, 300)), ((150, 300), (150, 1)),
     ((5, 3, 4, 4), (3, 1, 1)), ((5, 3, 4, 4), (5, 3, 4, 4)),
 ], ids=str)
 def test_bit_identical_across_thread_counts(x_shape, log_gamma_shape):
@@ -329,7 +318,7 @@ def test_bit_identical_across_thread_counts(x_shape, log_gamma_shape):
 def test_reference_backend_subprocess(tmp_path):
     cases = []
     for x_shape, log_gamma_shape, reduction in [((4, 3, 5), (), "none"), ((4, 3, 5), (3, 1), "mean"),
-                                                ((4, 6), (4,), "sum"), ((0, 7), (1, 7), "mean")]:
+                                                ((4, 6), (4, 1), "sum"), ((0, 7), (1, 7), "mean")]:
         args = [torch.randn(x_shape, dtype=torch.float64), torch.randn(x_shape, dtype=torch.float64),
                 torch.randn(log_gamma_shape, dtype=torch.float64)]
         cases.append({"args": args, "reduction": reduction, "cotangent": cotangent_for(x_shape[0], reduction)})
@@ -337,27 +326,54 @@ def test_reference_backend_subprocess(tmp_path):
 
 
 @pytest.mark.parametrize("batch, features", [(4, 7), (5, 5)])
-def test_batch_sized_log_gamma_is_per_sample(batch, features):
-    """A [B] log_gamma is one value per sample, even when D == B (where broadcasting would say per feature),
-    checked against the formula written out sample by sample; [1, D] is the per-feature spelling."""
+def test_log_gamma_broadcasts_by_numpy_rules(batch, features):
+    """[B, 1] is one value per sample and [D] one per feature, also when D == B, each checked against the
+    formula written out element by element; a [B] log_gamma with D != B is refused, saying how to write a
+    per-sample one."""
     x, x_hat = torch.randn(batch, features, dtype=torch.float64), torch.randn(batch, features, dtype=torch.float64)
-    log_gamma = torch.randn(batch, dtype=torch.float64, requires_grad=True)
+    log_gamma = torch.randn(batch, 1, dtype=torch.float64, requires_grad=True)
     out = vaefast.gaussian_nll(x, x_hat, log_gamma, reduction="none")
     expected = torch.stack([
-        ((x[b] - x_hat[b]) ** 2).sum() / (2 * math.exp(2 * float(log_gamma[b].detach())))
-        + features * (float(log_gamma[b].detach()) + 0.5 * math.log(2 * math.pi))
+        ((x[b] - x_hat[b]) ** 2).sum() / (2 * math.exp(2 * float(log_gamma[b, 0].detach())))
+        + features * (float(log_gamma[b, 0].detach()) + 0.5 * math.log(2 * math.pi))
         for b in range(batch)
     ])
     assert_close64(out.detach(), expected)
     (grad,) = torch.autograd.grad(out.sum(), log_gamma)
-    residuals = ((x - x_hat) ** 2).sum(dim=1) * torch.exp(-2 * log_gamma.detach())
-    assert grad.shape == (batch,)
+    residuals = ((x - x_hat) ** 2).sum(dim=1, keepdim=True) * torch.exp(-2 * log_gamma.detach())
+    assert grad.shape == (batch, 1)
     assert_close64(grad, features - residuals)  # REFERENCE.md: d/d log_gamma = D - sum (x - x_hat)^2 / gamma^2
 
-    per_feature = torch.randn(1, features, dtype=torch.float64)
+    per_feature = torch.randn(features, dtype=torch.float64, requires_grad=True)
     out = vaefast.gaussian_nll(x, x_hat, per_feature, reduction="none")
-    expected = ((x - x_hat) ** 2 / (2 * torch.exp(2 * per_feature)) + per_feature).sum(dim=1)
-    assert_close64(out, expected + features * 0.5 * math.log(2 * math.pi))
+    expected = torch.tensor([
+        sum((float(x[b, j] - x_hat[b, j]) ** 2 / (2 * math.exp(2 * float(per_feature[j].detach())))
+             + float(per_feature[j].detach()) + 0.5 * math.log(2 * math.pi)) for j in range(features))
+        for b in range(batch)
+    ], dtype=torch.float64)
+    assert_close64(out.detach(), expected)
+    (grad,) = torch.autograd.grad(out.sum(), per_feature)
+    assert grad.shape == (features,)
+    assert_close64(grad, (1 - (x - x_hat) ** 2 * torch.exp(-2 * per_feature.detach())).sum(dim=0))
+
+    if batch != features:
+        with pytest.raises(ValueError, match=rf"write log_gamma.reshape\(\[{batch}, 1\]\)"):
+            vaefast.gaussian_nll(x, x_hat, torch.randn(batch, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("value", [0.0, -1.5, 2, float("inf")])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_python_number_log_gamma(value, dtype):
+    """A Python number is a 0-dim log_gamma of x's device and dtype: the same result as that tensor."""
+    x, x_hat = torch.randn(5, 6, dtype=dtype), torch.randn(5, 6, dtype=dtype, requires_grad=True)
+    for reduction in REDUCTIONS:
+        out = vaefast.gaussian_nll(x, x_hat, value, reduction=reduction)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, vaefast.gaussian_nll(x, x_hat, torch.tensor(value, dtype=dtype),
+                                                             reduction=reduction), equal_nan=True, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(vaefast.gaussian_nll(x, x_hat, value), x_hat)
+    torch.testing.assert_close(grad, (x_hat.detach() - x) / (x.shape[0] * math.exp(2 * value)),
+                               rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
 
 
 def test_mixed_dtypes_promote_like_torch():
@@ -386,9 +402,11 @@ def zeros(*shape, dtype=torch.float32):
 BAD_ARGUMENTS = [
     (zeros(3, 4), zeros(3, 5), zeros(), "mean", ValueError, r"^x_hat must have the shape of x"),
     (zeros(3, 4), zeros(4, 3), zeros(), "mean", ValueError, r"^x_hat must have the shape of x"),
-    (zeros(3, 4), zeros(3, 4), zeros(3, 5), "mean", ValueError, r"^log_gamma must be a scalar, \[B\]"),
-    (zeros(3, 4), zeros(3, 4), zeros(5), "mean", ValueError, r"^log_gamma must be a scalar, \[B\]"),
-    (zeros(3, 4), zeros(3, 4), zeros(2, 3, 4), "mean", ValueError, r"^log_gamma must be a scalar, \[B\]"),
+    (zeros(3, 4), zeros(3, 4), zeros(3, 5), "mean", ValueError, r"^log_gamma must broadcast to x \[3, 4\]"),
+    (zeros(3, 4), zeros(3, 4), zeros(5), "mean", ValueError, r"^log_gamma must broadcast to x \[3, 4\]"),
+    (zeros(3, 4), zeros(3, 4), zeros(2, 3, 4), "mean", ValueError, r"^log_gamma must broadcast to x \[3, 4\]"),
+    (zeros(3, 4), zeros(3, 4), zeros(1, 1, 1), "mean", ValueError, r"^log_gamma must broadcast to x \[3, 4\]"),
+    (zeros(3, 4), zeros(3, 4), zeros(3), "mean", ValueError, r"per sample \[3, 1\].*write log_gamma.reshape"),
     (zeros(), zeros(), zeros(), "mean", ValueError, r"^x must have at least 1 dim"),
     (zeros(3, 4, dtype=torch.int64), zeros(3, 4), zeros(), "mean", TypeError, r"^x must be a floating"),
     (zeros(3, 4), zeros(3, 4, dtype=torch.uint8), zeros(), "mean", TypeError, r"^x_hat must be a floating"),
@@ -398,7 +416,8 @@ BAD_ARGUMENTS = [
     (zeros(3, 4), zeros(3, 4), zeros(dtype=torch.complex128), "mean", TypeError, r"^log_gamma must be a floating"),
     ([[0.0]], zeros(1, 1), zeros(), "mean", TypeError, r"^x must be a torch.Tensor"),
     (zeros(1, 1), None, zeros(), "mean", TypeError, r"^x_hat must be a torch.Tensor"),
-    (zeros(1, 1), zeros(1, 1), 0.0, "mean", TypeError, r"^log_gamma must be a torch.Tensor"),
+    (zeros(1, 1), zeros(1, 1), "0.0", "mean", TypeError, r"^log_gamma must be a torch.Tensor or a Python number"),
+    (zeros(1, 1), zeros(1, 1), True, "mean", TypeError, r"^log_gamma must be a torch.Tensor or a Python number"),
     (zeros(3, 4), zeros(3, 4), zeros(), "batchmean", ValueError, r"^reduction must be one of"),
 ]
 
@@ -422,13 +441,13 @@ def test_registered_op_checks_its_arguments():
         torch.ops.vaefast.gaussian_nll_backward(torch.randn(2), x, x, torch.zeros(()))
 
 
-@pytest.mark.parametrize("log_gamma_shape", [(3, 5), (2, 4)], ids=str)
+@pytest.mark.parametrize("log_gamma_shape", [(3, 5), (2, 4), (3,)], ids=str)
 def test_registered_op_names_log_gamma_when_not_broadcastable(log_gamma_shape):
     """The C++ check has a message naming log_gamma and the accepted layouts; it must be the one raised."""
     x = torch.randn(3, 4)
-    with pytest.raises(RuntimeError, match="log_gamma must be a scalar"):
+    with pytest.raises(RuntimeError, match=r"log_gamma must broadcast to x \[3, 4\]"):
         torch.ops.vaefast.gaussian_nll(x, x, torch.zeros(log_gamma_shape))
-    with pytest.raises(RuntimeError, match="log_gamma must be a scalar"):
+    with pytest.raises(RuntimeError, match=r"log_gamma must broadcast to x \[3, 4\]"):
         torch.ops.vaefast.gaussian_nll_backward(torch.randn(3), x, x, torch.zeros(log_gamma_shape))
 
 

@@ -13,7 +13,7 @@ from hypothesis import assume, given, strategies as st
 
 import vaefast
 from vaefast import _backend
-from vaefast.ops import reference
+from vaefast.ops import philox, reference
 
 from .conftest import assert_close64, assert_earned, max_error
 from .op_testing import assert_same_bits_at_1_and_2_threads, same_bits
@@ -178,6 +178,50 @@ def test_mmd_prior_rbf_closed_form_matches_monte_carlo():
     monte_carlo = prior_values.mean() - 2 * cross_values.mean()
     standard_error = ((prior_values.var() + 4 * cross_values.var()) / draws).sqrt()
     assert abs(float(closed - monte_carlo)) < 5 * float(standard_error)
+
+
+def test_mmd_prior_rbf_closed_form_with_prior_std_matches_monte_carlo():
+    """The closed-form terms for N(0, p^2 I) against sample means over draws of p * N(0, I), at a bandwidth
+    other than p so that the two do not cancel into the unit-prior case."""
+    dim, draws, prior_std, bandwidth = 3, 20000, 0.2 + 2.8 * float(torch.rand(())), 1.3
+    z = prior_std * torch.randn(30, dim, dtype=torch.float64)
+    scales = reference.DEFAULT_SCALES
+    closed = (vaefast.mmd_prior(z, kernel="rbf", prior_std=prior_std, bandwidth=bandwidth)
+              - reference.mean_kernel(z, z, "rbf", scales, bandwidth, True))
+    prior_draws = prior_std * torch.randn(draws, dim, dtype=torch.float64)
+    cross_values = reference.kernel_matrix(z, prior_draws, "rbf", scales, bandwidth).mean(dim=0)
+    y, y_prime = prior_std * torch.randn(2, draws, dim, dtype=torch.float64)
+    prior_values = rbf_pair_values(y, y_prime, scales, bandwidth)
+    monte_carlo = prior_values.mean() - 2 * cross_values.mean()
+    standard_error = ((prior_values.var() + 4 * cross_values.var()) / draws).sqrt()
+    assert abs(float(closed - monte_carlo)) < 5 * float(standard_error)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_mmd_prior_with_prior_std(kernel):
+    """prior_std p: the prior samples are p times the unit draws of the same seed (imq, poly), compiled and
+    reference paths agree, and for the scale-free kernels (imq, rbf) the estimate equals the unit prior's on
+    z / p with bandwidth / p: kernel values depend on ||a - b||^2 / C_s only."""
+    prior_std = 0.3 + 3 * float(torch.rand(()))
+    z = prior_std * (0.5 + torch.randn(33, 5, dtype=torch.float64))
+    seed = int(torch.randint(0, 2**31, ()))
+
+    def both(fn, points, **kwargs):
+        leaf = points.clone().requires_grad_()
+        value = fn(leaf, kernel=kernel, generator=torch.Generator().manual_seed(seed), **kwargs)
+        return value, *torch.autograd.grad(value, (leaf,))
+
+    actual = both(vaefast.mmd_prior, z, prior_std=prior_std)
+    assert_all_close64(actual, both(reference.mmd_prior, z, prior_std=prior_std, bandwidth=prior_std))
+    if kernel == "poly":
+        rows = z.shape[0]
+        unit = philox.normal(rows * 5, philox.draw_seed(torch.Generator().manual_seed(seed), z.device), 0,
+                             z.dtype, z.device).reshape(rows, -1)
+        assert_close64(actual[0], reference.mmd(z, prior_std * unit, kernel="poly"))
+    else:
+        value, grad = both(vaefast.mmd_prior, z / prior_std, bandwidth=1.0)
+        assert_close64(actual[0], value)
+        assert_close64(actual[1], grad / prior_std)
 
 
 @pytest.mark.parametrize("num_prior_samples", [None, 37])
@@ -451,6 +495,11 @@ def test_bad_prior_arguments_name_the_argument():
         vaefast.mmd_prior(z[0])
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         vaefast.mmd_prior(z, generator=3)
+    for prior_std in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="prior_std must be positive and finite"):
+            vaefast.mmd_prior(z, prior_std=prior_std)
+    with pytest.raises(TypeError, match="prior_std must be a positive number"):
+        vaefast.mmd_prior(z, prior_std="1")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to put x and y on different devices")

@@ -334,6 +334,33 @@ def test_wae_loss_is_squared_error_plus_weighted_mmd(seed, mmd_weight, bandwidth
     assert_close64(out.loss, squared_error + mmd_weight * mmd)
 
 
+@pytest.mark.parametrize("kernel", ["imq", "rbf"])
+def test_wae_prior_std(kernel):
+    """A prior N(0, sigma^2 I): the MMD compares z with it at bandwidth sigma (C = 2 d sigma^2) unless a
+    bandwidth is given, and samples decode sigma * N(0, I)."""
+    sigma = 0.5 + 2 * float(torch.rand(()))
+    seed = int(torch.randint(0, 2**31, ()))
+    model = WAE(WAEConfig(data_shape=(4,), latent_dim=3, hidden_dims=(8,), kernel=kernel, prior_std=sigma)).double()
+    x = torch.rand(6, 4, dtype=torch.float64)
+    torch.manual_seed(seed)
+    out = model(x)
+    torch.manual_seed(seed)
+    expected = reference.mmd_prior(out.z.detach(), kernel=kernel, bandwidth=sigma, prior_std=sigma)
+    assert_close64(out.extra["mmd"], expected)
+    model.config.bandwidth = 1.0
+    torch.manual_seed(seed)
+    out = model(x)
+    torch.manual_seed(seed)
+    assert_close64(out.extra["mmd"], reference.mmd_prior(out.z.detach(), kernel=kernel, prior_std=sigma))
+    generator_seed = int(torch.randint(0, 2**31, ()))
+    samples = model.sample(5, generator=torch.Generator().manual_seed(generator_seed))
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(generator_seed), dtype=torch.float64)
+    assert_close64(samples, model.decode(sigma * z).detach())
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="prior_std must be a positive finite number"):
+            WAEConfig(data_shape=(4,), prior_std=bad)
+
+
 def test_wae_mmd_scale_convention():
     """C_s = s * 2 * d * bandwidth^2 (C = 2 d sigma^2): the IMQ kernel by hand for two points."""
     z = torch.randn(2, 3, dtype=torch.float64)

@@ -277,7 +277,7 @@ def small_run():
             z2 = vaefast.reparameterize(mu, logvar, eps=torch.randn_like(mu))
             z3, kl = vaefast.reparameterize_kl(mu, logvar, num_samples=2)
             loss = vaefast.gaussian_kl(mu, logvar) + z.sum() + z2.sum() + z3.sum() + kl
-            for log_gamma in (leaf(()), leaf(66), leaf(features), leaf(66, features)):
+            for log_gamma in (leaf(()), leaf(66, 1), leaf(features), leaf(66, features)):
                 loss = loss + vaefast.gaussian_nll(mu, logvar, log_gamma)
             torch.autograd.grad(loss, [mu, logvar])
         for kernel in ("imq", "rbf", "poly"):

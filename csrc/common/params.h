@@ -101,10 +101,10 @@ struct ReparameterizeKlBackwardParams {
   int64_t num_samples = 1;
 };
 
-// How log_gamma is laid out against x viewed as [batch, features]. The glue maps every accepted shape onto
-// one of these: a 0-dim or one-element tensor is kScalar; a [B] tensor is kPerSample; anything
-// broadcastable to x that does not vary along the batch is kPerFeature (expanded to [features]); the rest
-// is kFull (expanded to [batch, features]).
+// How log_gamma is laid out against x viewed as [batch, features]. The glue maps every shape that
+// broadcasts to x (numpy rules) onto one of these: one value for all is kScalar; one value per sample
+// ([B, 1, ...]) is kPerSample; anything that does not vary along the batch is kPerFeature (expanded to
+// [features]); the rest is kFull (expanded to [batch, features]).
 enum class LogGammaLayout : int { kScalar = 0, kPerSample = 1, kPerFeature = 2, kFull = 3 };
 
 // per_sample[b] = sum_j (x - x_hat)^2 / (2 gamma^2) + log_gamma + 0.5 log(2 pi), gamma = exp(log_gamma).

@@ -4,6 +4,9 @@
 
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
+#include <string>
+
 #ifdef VAEFAST_WITH_CUDA
 #include "cuda_glue.h"
 #endif
@@ -29,17 +32,33 @@ bool broadcasts_to(at::IntArrayRef shape, at::IntArrayRef target) {
   return true;
 }
 
+// "[B, 1, 1]" for a rank-3 x: the per-sample shape, for error messages.
+std::string per_sample_shape(const at::Tensor& x) {
+  std::string shape = "[" + std::to_string(x.size(0));
+  for (int64_t d = 1; d < x.dim(); ++d) shape += ", 1";
+  return shape + "]";
+}
+
+// log_gamma broadcasts against x by numpy's rules, nothing else: [D] is per feature even when D == B (a
+// per-sample log_gamma is [B, 1, ...]), so the meaning of a shape never depends on the batch size.
 LogGammaPlan plan_log_gamma(const at::Tensor& log_gamma, const at::Tensor& x) {
-  if (log_gamma.numel() == 1) return {LogGammaLayout::kScalar, log_gamma.reshape({1}).contiguous()};
-  if (log_gamma.dim() == 1 && log_gamma.size(0) == x.size(0)) {
-    return {LogGammaLayout::kPerSample, log_gamma.contiguous()};
+  if (!broadcasts_to(log_gamma.sizes(), x.sizes())) {
+    // A [B] log_gamma is the one shape ported code gets wrong (it used to mean per sample): say how to write it.
+    const bool per_sample_intent = log_gamma.dim() == 1 && x.dim() > 1 && log_gamma.size(0) == x.size(0);
+    TORCH_CHECK(false, "log_gamma must broadcast to x ", x.sizes(), " (a scalar, per feature e.g. ",
+                x.sizes().slice(1), ", per sample ", per_sample_shape(x), ", or x's shape); got ", log_gamma.sizes(),
+                per_sample_intent ? "; for one value per sample write log_gamma.reshape(" + per_sample_shape(x) +
+                                        ") (a [D] log_gamma is per feature)"
+                                  : "");
   }
-  TORCH_CHECK(broadcasts_to(log_gamma.sizes(), x.sizes()),
-              "log_gamma must be a scalar, [B] = [", x.size(0), "] or broadcastable to x ", x.sizes(), "; got ",
-              log_gamma.sizes());
   // Left-pad to x's rank; a leading size of 1 means the same values for every sample.
   std::vector<int64_t> padded(x.dim() - log_gamma.dim(), 1);
   padded.insert(padded.end(), log_gamma.sizes().begin(), log_gamma.sizes().end());
+  const bool constant_per_sample = std::all_of(padded.begin() + 1, padded.end(), [](int64_t s) { return s == 1; });
+  if (constant_per_sample) {
+    return padded[0] == 1 ? LogGammaPlan{LogGammaLayout::kScalar, log_gamma.reshape({1}).contiguous()}
+                          : LogGammaPlan{LogGammaLayout::kPerSample, log_gamma.reshape({x.size(0)}).contiguous()};
+  }
   const at::Tensor aligned = log_gamma.reshape(padded);
   if (padded[0] == 1) {
     return {LogGammaLayout::kPerFeature, aligned.select(0, 0).expand(x.sizes().slice(1)).contiguous().reshape(-1)};
@@ -57,7 +76,7 @@ void check_nll_inputs(const at::Tensor& x, const at::Tensor& x_hat, const at::Te
   TORCH_CHECK(has_kernel(x), "vaefast::gaussian_nll: no kernel for device ", x.device());
 }
 
-// x, x_hat [B, ...]; log_gamma scalar, [B] or broadcastable to x -> [B]
+// x, x_hat [B, ...]; log_gamma broadcastable to x -> [B]
 at::Tensor gaussian_nll_per_sample(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& log_gamma) {
   check_nll_inputs(x, x_hat, log_gamma);
   const LogGammaPlan plan = plan_log_gamma(log_gamma, x);

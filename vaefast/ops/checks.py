@@ -4,6 +4,8 @@ Each check raises with a message that names the argument and says what was expec
 runs. Mixed floating dtypes are promoted like torch promotes them (float32 data with a bfloat16 decoder
 output under autocast is ordinary); integer, boolean and complex tensors are rejected.
 """
+import numbers
+
 import torch
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -124,16 +126,30 @@ def generator(gen, device, name="generator"):
         raise ValueError(f"{name} is a generator for {gen.device} but the tensors are on {device}")
 
 
+def log_gamma_value(log_gamma, x):
+    """log_gamma as a tensor: a Python number becomes a 0-dim tensor of x's device and dtype."""
+    if isinstance(log_gamma, numbers.Real) and not isinstance(log_gamma, bool):
+        return torch.tensor(float(log_gamma), dtype=x.dtype, device=x.device)
+    if not isinstance(log_gamma, torch.Tensor):
+        raise TypeError(f"log_gamma must be a torch.Tensor or a Python number; got {type(log_gamma).__name__}")
+    return tensor(log_gamma, "log_gamma")
+
+
 def log_gamma_shape(log_gamma, x):
-    """log_gamma may be one element, [B] (per sample) or broadcastable to x."""
-    if log_gamma.numel() == 1 or (log_gamma.dim() == 1 and x.dim() >= 1 and log_gamma.shape[0] == x.shape[0]):
-        return
+    """log_gamma must broadcast to x by numpy's rules: [D] is per feature whatever B is; per sample is
+    [B, 1, ...]."""
     try:
         broadcast = torch.broadcast_shapes(log_gamma.shape, x.shape)
     except RuntimeError:
         broadcast = None
-    if broadcast != x.shape:
-        raise ValueError(
-            f"log_gamma must be a scalar, [B] = [{x.shape[0] if x.dim() else '?'}] or broadcastable to x "
-            f"{_shape(x)}; got {_shape(log_gamma)}"
-        )
+    if broadcast == x.shape:
+        return
+    per_sample = [x.shape[0], *([1] * (x.dim() - 1))]
+    hint = ""
+    if log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
+        # The one shape ported code gets wrong ([B] used to mean per sample): say how to write it.
+        hint = f"; for one value per sample write log_gamma.reshape({per_sample}) (a [D] log_gamma is per feature)"
+    raise ValueError(
+        f"log_gamma must broadcast to x {_shape(x)} (a scalar, per feature e.g. {_shape(x)[1:]}, per sample "
+        f"{per_sample}, or x's shape); got {_shape(log_gamma)}{hint}"
+    )

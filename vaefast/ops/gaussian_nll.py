@@ -25,10 +25,11 @@ def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):
 
     x, x_hat: [B, ...] (same shape). Per sample, summed over every dimension but the first:
     ``sum_i (x_i - x_hat_i)^2 / (2 gamma^2) + log_gamma + 0.5 log(2 pi)``.
-    log_gamma: a 0-dim (or one-element) tensor, the Two-Stage VAE's shared scalar; [B], one per sample; or
-    any shape broadcastable to x (per feature or pixel, e.g. [1, C, H, W] or [C, 1, 1]). A 1-D log_gamma
-    of length B is per sample; write a per-feature one with its batch dimension ([1, D]) when D == B.
-    Its gradient comes back in its own shape.
+    log_gamma: a Python number or a tensor that broadcasts to x by numpy's rules: 0-dim (the Two-Stage
+    VAE's shared scalar), [B, 1, ...] (one per sample), [D] or [1, C, H, W] or [C, 1, 1] (per feature or
+    pixel), or x's own shape (per element, a heteroscedastic decoder). A 1-D log_gamma is per feature even
+    when its length is B. A number becomes a 0-dim tensor of x's device and dtype (no gradient); a tensor's
+    gradient comes back in its own shape.
     reduction: "none" -> [B]; "sum" or "mean" over the batch -> 0-dim, taken inside the op (no extra autograd
     node; on the CPU a compensated double sum of the per-sample values: their exact sum to a double ulp).
     Gradients flow to x_hat, log_gamma and x. Forward reads x and x_hat once; backward reads them again
@@ -36,7 +37,7 @@ def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):
     """
     checks.tensor(x, "x")
     checks.tensor(x_hat, "x_hat")
-    checks.tensor(log_gamma, "log_gamma")
+    log_gamma = checks.log_gamma_value(log_gamma, x)
     checks.reduction(reduction)
     checks.same_device({"x": x, "x_hat": x_hat, "log_gamma": log_gamma})
     checks.min_rank(x, "x", 1, "[B, ...]")

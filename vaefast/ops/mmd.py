@@ -97,33 +97,38 @@ def mmd(x, y, *, kernel="imq", scales=reference.DEFAULT_SCALES, bandwidth=1.0, u
     return reference.mmd(x, y, kernel=kernel, scales=scales, bandwidth=bandwidth, unbiased=unbiased)
 
 
-def mmd_prior(z, *, kernel="imq", scales=reference.DEFAULT_SCALES, bandwidth=1.0, unbiased=True,
+def mmd_prior(z, *, kernel="imq", scales=reference.DEFAULT_SCALES, bandwidth=None, unbiased=True, prior_std=1.0,
               num_prior_samples=None, generator=None):
-    """Squared MMD between the rows of z [n, d] and the prior N(0, I); returns a 0-dim tensor.
+    """Squared MMD between the rows of z [n, d] and the prior N(0, prior_std^2 I); returns a 0-dim tensor.
 
-    "rbf": the prior's terms in closed form (no samples): ``E_y k(z_i, y) = sum_s (c_s / (c_s + 1))^(d/2)
-    exp(-||z_i||^2 / (2 (c_s + 1)))`` and ``E_{y,y'} k(y, y') = sum_s (c_s / (c_s + 2))^(d/2)`` with
-    ``c_s = C_s / 2``; only the z-z term is a pair sum. "imq" and "poly": ``mmd(z, samples)`` with
-    num_prior_samples (default n) rows drawn from vaefast's Philox stream (seeded from generator, or from
-    torch's default generator), the draws the reference path makes for the same seed; no gradient flows
-    to the samples. Other arguments as in ``mmd``.
+    bandwidth defaults to prior_std: WAE-MMD's ``C_s = s * 2 * d * sigma^2`` with sigma the prior's std.
+    "rbf": the prior's terms in closed form (no samples): with ``v_s = C_s / 2`` and ``p = prior_std``,
+    ``E_y k(z_i, y) = sum_s (v_s / (v_s + p^2))^(d/2) exp(-||z_i||^2 / (2 (v_s + p^2)))`` and
+    ``E_{y,y'} k(y, y') = sum_s (v_s / (v_s + 2 p^2))^(d/2)``; only the z-z term is a pair sum. "imq" and
+    "poly": ``mmd(z, samples)`` with num_prior_samples (default n) rows drawn from vaefast's Philox stream
+    (seeded from generator, or from torch's default generator) and scaled by prior_std, the draws the
+    reference path makes for the same seed; no gradient flows to the samples. Other arguments as in ``mmd``.
     """
     checks.tensor(z, "z")
     checks.rows(z, "z")
-    scales, bandwidth = _check_kernel_arguments(kernel, scales, bandwidth)
+    prior_std = checks.positive_number(prior_std, "prior_std")
+    scales, bandwidth = _check_kernel_arguments(kernel, scales, prior_std if bandwidth is None else bandwidth)
     checks.enough_rows(z, "z", unbiased)
     if num_prior_samples is not None:
         checks.positive_int(num_prior_samples, "num_prior_samples", 2 if unbiased else 1)
     checks.generator(generator, z.device)
     if not _backend.compiled("kernel_sum_self", z.device):
         return reference.mmd_prior(z, kernel=kernel, scales=scales, bandwidth=bandwidth, unbiased=unbiased,
-                                   num_prior_samples=num_prior_samples, generator=generator)
+                                   prior_std=prior_std, num_prior_samples=num_prior_samples, generator=generator)
     if kernel == "rbf":
-        cross, prior = reference.rbf_prior_terms(z, scales, bandwidth)
+        cross, prior = reference.rbf_prior_terms(z, scales, bandwidth, prior_std)
         return (_self_mean(z, kernel, scales, bandwidth, unbiased) + prior - 2 * cross).to(z.dtype)
     rows, dim = (z.shape[0] if num_prior_samples is None else num_prior_samples), z.shape[1]
     # Drawn in-kernel: reparameterisation of N(0, I) itself, z = 0 + exp(0) * eps = eps exactly, [rows, d];
-    # the same stream, hence the same numbers, as the reference path's draw for the same seed.
+    # the same stream, hence the same numbers, as the reference path's draw for the same seed. The prior's
+    # scale is one multiply afterwards (not a logvar of 2 log prior_std: exp(log p) need not round to p).
     zeros = z.new_zeros(dim)
     prior_samples = torch.ops.vaefast.reparameterize(zeros, zeros, rows, generator)
+    if prior_std != 1.0:
+        prior_samples = prior_samples * prior_std
     return _compiled_mmd(z, prior_samples, kernel, scales, bandwidth, unbiased)

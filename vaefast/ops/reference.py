@@ -53,11 +53,7 @@ def reparameterize_kl(mu, logvar, *, num_samples=None, generator=None, reduction
 
 
 def gaussian_nll(x, x_hat, log_gamma, *, reduction="mean"):
-    """Per-sample -log N(x | x_hat, exp(log_gamma)^2 I); a [B] log_gamma is per sample."""
-    if log_gamma.numel() == 1:
-        log_gamma = log_gamma.reshape(())  # one value of any rank is a scalar, even of higher rank than x
-    elif log_gamma.dim() == 1 and x.dim() > 1 and log_gamma.shape[0] == x.shape[0]:
-        log_gamma = log_gamma.reshape(-1, *([1] * (x.dim() - 1)))
+    """Per-sample -log N(x | x_hat, exp(log_gamma)^2 I); log_gamma broadcasts against x (numpy rules)."""
     terms = (x - x_hat).pow(2) / (2 * torch.exp(2 * log_gamma)) + log_gamma + HALF_LOG_2PI
     return reduce_per_sample(sum_per_sample(terms.expand(x.shape)), reduction)
 
@@ -98,28 +94,35 @@ def mmd(x, y, *, kernel="imq", scales=DEFAULT_SCALES, bandwidth=1.0, unbiased=Tr
     )
 
 
-def rbf_prior_terms(z, scales, bandwidth):
-    """Closed-form prior terms of the RBF MMD to N(0, I): (mean_i E_y k(z_i, y), E_{y,y'} k(y, y'))."""
+def rbf_prior_terms(z, scales, bandwidth, prior_std=1.0):
+    """Closed-form prior terms of the RBF MMD to N(0, prior_std^2 I): (mean_i E_y k(z_i, y), E_{y,y'} k(y, y')).
+
+    With s^2 = C_s / 2 and p^2 = prior_std^2: y - z_i ~ N(-z_i, p^2 I) gives E_y k(z_i, y) =
+    (s^2 / (s^2 + p^2))^(d/2) exp(-||z_i||^2 / (2 (s^2 + p^2))), and y - y' ~ N(0, 2 p^2 I) gives
+    E k(y, y') = (s^2 / (s^2 + 2 p^2))^(d/2)."""
     dim = z.shape[1]
     sq_norm = z.pow(2).sum(dim=1)
+    prior_variance = prior_std**2
     cross = torch.zeros((), dtype=z.dtype, device=z.device)
     prior = 0.0
     for scale in scales:
         variance = scale * dim * bandwidth**2  # s^2 = C_s / 2
-        cross = cross + (variance / (variance + 1)) ** (dim / 2) * torch.exp(
-            -sq_norm / (2 * (variance + 1))
+        cross = cross + (variance / (variance + prior_variance)) ** (dim / 2) * torch.exp(
+            -sq_norm / (2 * (variance + prior_variance))
         ).mean()
-        prior += (variance / (variance + 2)) ** (dim / 2)
+        prior += (variance / (variance + 2 * prior_variance)) ** (dim / 2)
     return cross, prior
 
 
-def mmd_prior(z, *, kernel="imq", scales=DEFAULT_SCALES, bandwidth=1.0, unbiased=True,
+def mmd_prior(z, *, kernel="imq", scales=DEFAULT_SCALES, bandwidth=1.0, unbiased=True, prior_std=1.0,
               num_prior_samples=None, generator=None):
-    """Squared MMD between the rows of z [n, d] and N(0, I)."""
+    """Squared MMD between the rows of z [n, d] and N(0, prior_std^2 I)."""
     if kernel == "rbf":
-        cross, prior = rbf_prior_terms(z, scales, bandwidth)
+        cross, prior = rbf_prior_terms(z, scales, bandwidth, prior_std)
         return mean_kernel(z, z, kernel, scales, bandwidth, unbiased) + prior - 2 * cross
     rows = z.shape[0] if num_prior_samples is None else num_prior_samples
     seed = philox.draw_seed(generator, z.device)
     prior_samples = philox.normal(rows * z.shape[1], seed, 0, z.dtype, z.device).reshape(rows, -1)
+    if prior_std != 1.0:
+        prior_samples = prior_samples * prior_std
     return mmd(z, prior_samples, kernel=kernel, scales=scales, bandwidth=bandwidth, unbiased=unbiased)
