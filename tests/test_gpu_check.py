@@ -178,3 +178,28 @@ def test_dry_run_without_a_gpu_exits_cleanly(tmp_path):
     summary = (tmp_path / gpu_check.SUMMARY).read_text()
     assert "no GPU" in summary and "| build | not run (no GPU) |" in summary
     assert "Traceback" not in result.stderr
+
+
+def test_the_op_benchmark_keeps_the_cases_measured_before_a_cut(tmp_path, monkeypatch):
+    """gpu_check's benchmark step may be killed at its allowance: benchmarks.run writes its report after every
+    case, so the cases measured so far survive (the complete report replaces it at the end)."""
+    from benchmarks import harness, run as bench_run
+
+    measured = []
+
+    def measure_case(case, providers, settings, copy_gbs, device):
+        if measured:
+            raise KeyboardInterrupt  # the kill, during the second case
+        measured.append(case.name)
+        return [{"case": case.name, "shape": case.shape, "mode": "", "provider": "", "median_ms": None,
+                 "iqr_ms": None, "note": "measured before the cut"}]
+
+    monkeypatch.setattr(bench_run, "measure_case", measure_case)
+    monkeypatch.setattr(bench_run, "with_compile", lambda case, skip: dict(case.providers))
+    monkeypatch.setattr(harness, "copy_bandwidth_gbs", lambda *args: 10.0)
+    with pytest.raises(KeyboardInterrupt):
+        bench_run.main(["--ops", "kl", "--quick", "--out", str(tmp_path)])
+    text = (tmp_path / "cpu_ops.md").read_text()
+    assert f"| {measured[0]} |" in text and "measured before the cut" in text
+    assert "partial: 1 of 2 cases measured" in text
+    assert (tmp_path / "cpu_ops.csv").read_text().count("measured before the cut") == 1
