@@ -1,20 +1,44 @@
 """Builds vaefast and its extension vaefast._C.
 
 Sources are found by globbing csrc/, so adding an op never edits this file. A CppExtension is built where
-there is no CUDA; a CUDAExtension when torch was built with CUDA and nvcc is found (or FORCE_CUDA=1).
-Install with `pip install --no-build-isolation .` after torch is in place (build isolation would pull a
-different torch than the one the extension must match).
+there is no CUDA; a CUDAExtension when torch was built with CUDA and a CUDA toolkit is found, or when
+FORCE_CUDA=1 (which fails with one line naming what is missing where it cannot be honoured). Where the
+toolkit is and which GPU architectures to build for is decided by vaefast/cuda_toolkit.py (README, "On a
+CUDA machine"). Install with `pip install --no-build-isolation .` after torch is in place (build isolation
+would pull a different torch than the one the extension must match).
 """
 import glob
+import importlib.util
 import os
 import platform
+import sys
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 import torch
 
 VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_cuda_toolkit():
+    """vaefast/cuda_toolkit.py, loaded by path: importing the vaefast package would import its ops and the
+    extension this script is about to build."""
+    path = os.path.join(ROOT, "vaefast", "cuda_toolkit.py")
+    spec = importlib.util.spec_from_file_location("vaefast_cuda_toolkit", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOLKIT, CUDA_SETTINGS, CUDA_ERROR = load_cuda_toolkit().cuda_build_plan(
+    os.environ, torch.version.cuda, torch.cuda.device_count() if torch.version.cuda else 0)
+if CUDA_ERROR:
+    raise SystemExit(CUDA_ERROR)
+# CUDA_HOME (and the default arch list where no GPU is visible) must be in the environment before torch's
+# cpp_extension is imported: it reads CUDA_HOME once, at import.
+os.environ.update(CUDA_SETTINGS)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def cpu_has_avx2():
@@ -31,9 +55,11 @@ def cpu_has_avx2():
 
 
 def extension():
-    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (
-        torch.version.cuda is not None and CUDA_HOME is not None
-    )
+    with_cuda = TOOLKIT is not None
+    if with_cuda:
+        arches = os.environ.get("TORCH_CUDA_ARCH_LIST", "those of the visible GPUs")
+        print(f"vaefast: CUDA build with the toolkit in {TOOLKIT.home} (found by {TOOLKIT.found_by}), "
+              f"architectures {arches}", file=sys.stderr)
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     sources = [s for s in sources if os.sep + "tests" + os.sep not in s]
     if with_cuda:

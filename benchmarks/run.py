@@ -219,11 +219,26 @@ def main(argv=None):
                      "mmd 65536 rows")
     if args.quick:
         notes.append("--quick: the compile provider is skipped at the large sizes; run without --quick for it")
+    hardware = machine["gpu"] if device.type == "cuda" else machine["cpu"]
+    title = f"vaefast {prefix.upper()} op benchmarks ({hardware})"
+    os.makedirs(args.out, exist_ok=True)
+
+    def write(rows, notes):
+        text = report.markdown(title, machine, rows, notes)
+        with open(os.path.join(args.out, f"{prefix}_ops.md"), "w") as handle:
+            handle.write(text)
+        report.write_csv(os.path.join(args.out, f"{prefix}_ops.csv"), machine, rows)
+        return text
+
     rows = []
-    for case in cases:
+    for number, case in enumerate(cases, 1):
         log(f"{case.name} ({case.shape})")
         skip = "--quick skips compilation at the large sizes" if args.quick and case.large else None
         rows += measure_case(case, with_compile(case, skip), settings, copy_start, device)
+        # The cases measured so far, on disk: a run stopped from outside (a GPU lent for minutes, the
+        # gpu_check budget) keeps them. The complete report below overwrites this one.
+        if number < len(cases):
+            write(rows, notes + [f"partial: {number} of {len(cases)} cases measured; the run did not finish"])
 
     copy_end = harness.copy_bandwidth_gbs(settings["copy_numel"], settings["copy_repeats"], device)
     machine["copy bandwidth, start / end of run (GB/s, read + written)"] = f"{copy_start:.1f} / {copy_end:.1f}"
@@ -234,12 +249,7 @@ def main(argv=None):
     if warning:
         notes.append(warning)
 
-    hardware = machine["gpu"] if device.type == "cuda" else machine["cpu"]
-    text = report.markdown(f"vaefast {prefix.upper()} op benchmarks ({hardware})", machine, rows, notes)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{prefix}_ops.md"), "w") as handle:
-        handle.write(text)
-    report.write_csv(os.path.join(args.out, f"{prefix}_ops.csv"), machine, rows)
+    text = write(rows, notes)
     plots.speedups(rows, os.path.join(args.out, f"{prefix}_speedups.png"),
                    f"forward+backward speed-up over eager at the large sizes ({hardware}, {args.threads} threads)")
     print(text)

@@ -188,8 +188,8 @@ struct KernelSumBackwardParams {
   bool exclude_diagonal = false;
 };
 
-// Copies the pair geometry and kernel constants every kernel-sum params struct shares (between the forward
-// and backward structs, or from the CPU element type's struct to CUDA's).
+// Copies the pair geometry and kernel constants every kernel-sum params struct shares, between the forward
+// and the backward struct.
 template <typename Dst, typename Src>
 void copy_pairs(Dst& dst, const Src& src) {
   dst.n = src.n;

@@ -203,6 +203,13 @@ struct Tile {
 template <typename acc>
 using TileWeights = acc[kBlockRows][kBlockRows];
 
+// T where a template argument must not be deduced (a nullptr weight below): C++20's std::type_identity,
+// spelled out because torch 2.11 (the GPU machines') builds extensions as C++17.
+template <typename T>
+struct NonDeduced {
+  using type = T;
+};
+
 // The sum of k over the tile's pairs, and with `weight` (else nullptr) their slopes. For a self sum a is b:
 // an off-diagonal tile (I < J) stands for its pairs in both orders (twice its sum); the diagonal tile
 // (I == J) adds each pair j > i twice and the pairs (i, i) once unless exclude_diagonal, while its slopes
@@ -210,7 +217,7 @@ using TileWeights = acc[kBlockRows][kBlockRows];
 template <PairKernel kernel, typename acc>
 double tile_values(const PackedOperand<acc>& a, const PackedOperand<acc>& b, Tile tile, bool self_pairs,
                    bool exclude_diagonal, const PairKernelConstants<acc>& constants,
-                   std::type_identity_t<TileWeights<acc>>* weight) {
+                   typename NonDeduced<TileWeights<acc>>::type* weight) {
   constexpr int64_t width = panel_width<acc>();
   constexpr bool dot_product = uses_dot_product<kernel>();
   const int64_t a_begin = tile.a_block * kBlockRows;

@@ -16,9 +16,12 @@
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 namespace vaefast {
 namespace ops {
@@ -31,6 +34,25 @@ using torch::autograd::variable_list;
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// torch::autograd::set_history takes the node in the pointer type this torch holds autograd nodes in:
+// std::shared_ptr in torch 2.11 (the GPU machines' torch), c10::intrusive_ptr in torch 2.13 and 2.14.
+template <typename NodePtr, typename = void>
+struct HoldsNodesIn : std::false_type {};
+template <typename NodePtr>
+struct HoldsNodesIn<NodePtr, std::void_t<decltype(torch::autograd::set_history(std::declval<at::Tensor&>(),
+                                                                               std::declval<const NodePtr&>()))>>
+    : std::true_type {};
+
+// A new autograd node, in the pointer type set_history takes (only the matching branch is instantiated).
+template <typename Node, typename... Args>
+auto make_node(Args&&... args) {
+  if constexpr (HoldsNodesIn<std::shared_ptr<torch::autograd::Node>>::value) {
+    return std::shared_ptr<torch::autograd::Node>(std::make_shared<Node>(std::forward<Args>(args)...));
+  } else {
+    return c10::intrusive_ptr<torch::autograd::Node>(c10::make_intrusive<Node>(std::forward<Args>(args)...));
+  }
 }
 
 // Runs a backward formula made of non-differentiable ops, like torch.autograd.function.once_differentiable
@@ -56,7 +78,7 @@ variable_list once_differentiable(const char* op, AutogradContext* ctx, const va
     }
   }
   if (depends_on.empty()) return outputs;
-  auto error = c10::make_intrusive<torch::autograd::Error>(
+  const auto error = make_node<torch::autograd::Error>(
       std::string(op) + ": double backward is not supported (its backward is not differentiable); compute "
       "this gradient without create_graph=True, or use VAEFAST_BACKEND=reference for higher-order gradients",
       torch::autograd::collect_next_edges(depends_on));

@@ -1,7 +1,8 @@
 // The torch side of the CUDA launchers, shared by the ops' CUDA branches (compiled only with
 // VAEFAST_WITH_CUDA, i.e. in a CUDA build of the extension: the CPU torch wheel lacks these headers).
-// It maps torch's half types onto CUDA's, runs a launcher under a device guard on the current stream and
-// checks the launch, and hands out workspace from torch's caching allocator (graph-capture safe, no sync).
+// It converts a params struct filled for torch's element types to CUDA's, runs a launcher under a device
+// guard on the current stream and checks the launch, and hands out workspace from torch's caching allocator
+// (graph-capture safe, no sync).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,13 +10,16 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstring>
+#include <type_traits>
+
 #include "../cuda/launchers.h"
 
 namespace vaefast {
 namespace ops {
 
 // The CUDA type the launchers are instantiated for: c10::Half and c10::BFloat16 have the bit layout, size
-// and alignment of __half and __nv_bfloat16 (see cuda/launchers.h), so their pointers are reinterpreted.
+// and alignment of __half and __nv_bfloat16 (see cuda/launchers.h).
 template <typename T>
 struct CudaScalar {
   using type = T;
@@ -31,14 +35,24 @@ struct CudaScalar<c10::BFloat16> {
 template <typename T>
 using cuda_scalar_t = typename CudaScalar<T>::type;
 
-template <typename T>
-const cuda_scalar_t<T>* cuda_data(const at::Tensor& t) {
-  return reinterpret_cast<const cuda_scalar_t<T>*>(t.const_data_ptr<T>());
-}
-
-template <typename T>
-cuda_scalar_t<T>* cuda_mutable_data(const at::Tensor& t) {
-  return reinterpret_cast<cuda_scalar_t<T>*>(t.mutable_data_ptr<T>());
+// A params struct filled once for torch's element type (what the CPU kernels take), as the CUDA launchers
+// take it: the same struct template on the CUDA element type. The two instantiations differ only in the
+// pointee type of their element pointers (and elements of the same bit layout), so the struct is copied byte
+// for byte, every field at once: a field added to a params struct needs no edit here or in the glue.
+template <template <typename> class Params, typename T>
+Params<cuda_scalar_t<T>> as_cuda(const Params<T>& params) {
+  using CudaParams = Params<cuda_scalar_t<T>>;
+  static_assert(sizeof(T) == sizeof(cuda_scalar_t<T>) && alignof(T) == alignof(cuda_scalar_t<T>),
+                "torch's and CUDA's element types must share one layout");
+  static_assert(sizeof(Params<T>) == sizeof(CudaParams) && alignof(Params<T>) == alignof(CudaParams),
+                "a params struct must have one layout for torch's and CUDA's element types");
+  static_assert(std::is_trivially_copyable_v<Params<T>> && std::is_trivially_copyable_v<CudaParams>,
+                "params structs hold plain pointers, sizes and scalars only");
+  CudaParams converted;
+  // (void*: the structs' default member initializers make GCC's -Wclass-memaccess call them non-trivial,
+  // though they are trivially copyable, as asserted above.)
+  std::memcpy(static_cast<void*>(&converted), &params, sizeof(CudaParams));
+  return converted;
 }
 
 // Scratch for a launcher on `like`'s device (nullptr when none is needed). The tensor must outlive the

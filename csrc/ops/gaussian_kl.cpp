@@ -27,22 +27,6 @@ at::Tensor gaussian_kl_per_sample(const at::Tensor& mu, const at::Tensor& logvar
   if (view.batch == 0 || view.features == 0) return per_sample;
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
-#ifdef VAEFAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl", [&] {
-      GaussianKlParams<cuda_scalar_t<scalar_t>> params;
-      params.mu = cuda_data<scalar_t>(mu_c);
-      params.logvar = cuda_data<scalar_t>(logvar_c);
-      params.per_sample = cuda_mutable_data<scalar_t>(per_sample);
-      params.batch = view.batch;
-      params.features = view.features;
-      const Workspace workspace = cuda_workspace(cuda::gaussian_kl_workspace_bytes(params), mu);
-      params.workspace = workspace.data();
-      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_gaussian_kl(params, stream); });
-    });
-    return per_sample;
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl", [&] {
     GaussianKlParams<scalar_t> params;
     params.mu = mu_c.const_data_ptr<scalar_t>();
@@ -50,6 +34,15 @@ at::Tensor gaussian_kl_per_sample(const at::Tensor& mu, const at::Tensor& logvar
     params.per_sample = per_sample.mutable_data_ptr<scalar_t>();
     params.batch = view.batch;
     params.features = view.features;
+#ifdef VAEFAST_WITH_CUDA
+    if (mu.is_cuda()) {
+      auto cuda_params = as_cuda(params);
+      const Workspace workspace = cuda_workspace(cuda::gaussian_kl_workspace_bytes(cuda_params), mu);
+      cuda_params.workspace = workspace.data();
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_gaussian_kl(cuda_params, stream); });
+      return;
+    }
+#endif
     cpu::gaussian_kl_forward(params);
   });
   return per_sample;
@@ -75,22 +68,6 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward(const at::Tensor& grad, 
   const at::Tensor grad_c = grad.to(mu.scalar_type()).contiguous();
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
-#ifdef VAEFAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl_backward", [&] {
-      GaussianKlBackwardParams<cuda_scalar_t<scalar_t>> params;
-      params.grad = cuda_data<scalar_t>(grad_c);
-      params.mu = cuda_data<scalar_t>(mu_c);
-      params.logvar = cuda_data<scalar_t>(logvar_c);
-      params.grad_mu = cuda_mutable_data<scalar_t>(grad_mu);
-      params.grad_logvar = cuda_mutable_data<scalar_t>(grad_logvar);
-      params.batch = view.batch;
-      params.features = view.features;
-      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_gaussian_kl_backward(params, stream); });
-    });
-    return {grad_mu, grad_logvar};
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::gaussian_kl_backward", [&] {
     GaussianKlBackwardParams<scalar_t> params;
     params.grad = grad_c.const_data_ptr<scalar_t>();
@@ -100,6 +77,12 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward(const at::Tensor& grad, 
     params.grad_logvar = grad_logvar.mutable_data_ptr<scalar_t>();
     params.batch = view.batch;
     params.features = view.features;
+#ifdef VAEFAST_WITH_CUDA
+    if (mu.is_cuda()) {
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_gaussian_kl_backward(as_cuda(params), stream); });
+      return;
+    }
+#endif
     cpu::gaussian_kl_backward(params);
   });
   return {grad_mu, grad_logvar};

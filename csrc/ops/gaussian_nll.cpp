@@ -85,24 +85,6 @@ at::Tensor gaussian_nll_per_sample(const at::Tensor& x, const at::Tensor& x_hat,
   if (view.batch == 0 || view.features == 0) return per_sample;
   const at::Tensor x_c = x.contiguous();
   const at::Tensor x_hat_c = x_hat.contiguous();
-#ifdef VAEFAST_WITH_CUDA
-  if (x.is_cuda()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll", [&] {
-      GaussianNllParams<cuda_scalar_t<scalar_t>> params;
-      params.x = cuda_data<scalar_t>(x_c);
-      params.x_hat = cuda_data<scalar_t>(x_hat_c);
-      params.log_gamma = cuda_data<scalar_t>(plan.values);
-      params.per_sample = cuda_mutable_data<scalar_t>(per_sample);
-      params.batch = view.batch;
-      params.features = view.features;
-      params.layout = plan.layout;
-      const Workspace workspace = cuda_workspace(cuda::gaussian_nll_workspace_bytes(params), x);
-      params.workspace = workspace.data();
-      run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_gaussian_nll(params, stream); });
-    });
-    return per_sample;
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll", [&] {
     GaussianNllParams<scalar_t> params;
     params.x = x_c.const_data_ptr<scalar_t>();
@@ -112,6 +94,15 @@ at::Tensor gaussian_nll_per_sample(const at::Tensor& x, const at::Tensor& x_hat,
     params.batch = view.batch;
     params.features = view.features;
     params.layout = plan.layout;
+#ifdef VAEFAST_WITH_CUDA
+    if (x.is_cuda()) {
+      auto cuda_params = as_cuda(params);
+      const Workspace workspace = cuda_workspace(cuda::gaussian_nll_workspace_bytes(cuda_params), x);
+      cuda_params.workspace = workspace.data();
+      run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_gaussian_nll(cuda_params, stream); });
+      return;
+    }
+#endif
     cpu::gaussian_nll_forward(params);
   });
   return per_sample;
@@ -138,26 +129,6 @@ std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
     const at::Tensor grad_c = grad.to(x.scalar_type()).contiguous();
     const at::Tensor x_c = x.contiguous();
     const at::Tensor x_hat_c = x_hat.contiguous();
-#ifdef VAEFAST_WITH_CUDA
-    if (x.is_cuda()) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll_backward",
-                                      [&] {
-        GaussianNllBackwardParams<cuda_scalar_t<scalar_t>> params;
-        params.grad = cuda_data<scalar_t>(grad_c);
-        params.x = cuda_data<scalar_t>(x_c);
-        params.x_hat = cuda_data<scalar_t>(x_hat_c);
-        params.log_gamma = cuda_data<scalar_t>(plan.values);
-        params.grad_x_hat = cuda_mutable_data<scalar_t>(grad_x_hat);
-        params.grad_log_gamma = cuda_mutable_data<scalar_t>(grad_values);
-        params.batch = view.batch;
-        params.features = view.features;
-        params.layout = plan.layout;
-        const Workspace workspace = cuda_workspace(cuda::gaussian_nll_backward_workspace_bytes(params), x);
-        params.workspace = workspace.data();
-        run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_gaussian_nll_backward(params, stream); });
-      });
-    } else
-#endif
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vaefast::gaussian_nll_backward",
                                     [&] {
       GaussianNllBackwardParams<scalar_t> params;
@@ -170,6 +141,15 @@ std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
       params.batch = view.batch;
       params.features = view.features;
       params.layout = plan.layout;
+#ifdef VAEFAST_WITH_CUDA
+      if (x.is_cuda()) {
+        auto cuda_params = as_cuda(params);
+        const Workspace workspace = cuda_workspace(cuda::gaussian_nll_backward_workspace_bytes(cuda_params), x);
+        cuda_params.workspace = workspace.data();
+        run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_gaussian_nll_backward(cuda_params, stream); });
+        return;
+      }
+#endif
       cpu::gaussian_nll_backward(params);
     });
   }

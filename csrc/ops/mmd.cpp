@@ -80,12 +80,7 @@ template <typename scalar_t>
 void run_kernel_sum(const KernelSumParams<scalar_t>& params, const at::Tensor& x) {
 #ifdef VAEFAST_WITH_CUDA
   if (x.is_cuda()) {
-    using cuda_t = cuda_scalar_t<scalar_t>;
-    KernelSumParams<cuda_t> cuda_params;
-    cuda_params.x = reinterpret_cast<const cuda_t*>(params.x);
-    cuda_params.y = reinterpret_cast<const cuda_t*>(params.y);
-    cuda_params.out = params.out;
-    copy_pairs(cuda_params, params);
+    auto cuda_params = as_cuda(params);
     const Workspace workspace = cuda_workspace(cuda::kernel_sum_workspace_bytes(cuda_params), x);
     cuda_params.workspace = workspace.data();
     run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_kernel_sum(cuda_params, stream); });
@@ -100,15 +95,7 @@ template <typename scalar_t>
 void run_kernel_sum_backward(const KernelSumBackwardParams<scalar_t>& params, const at::Tensor& x) {
 #ifdef VAEFAST_WITH_CUDA
   if (x.is_cuda()) {
-    using cuda_t = cuda_scalar_t<scalar_t>;
-    KernelSumBackwardParams<cuda_t> cuda_params;
-    cuda_params.grad = params.grad;
-    cuda_params.x = reinterpret_cast<const cuda_t*>(params.x);
-    cuda_params.y = reinterpret_cast<const cuda_t*>(params.y);
-    cuda_params.grad_x = reinterpret_cast<cuda_t*>(params.grad_x);
-    cuda_params.grad_y = reinterpret_cast<cuda_t*>(params.grad_y);
-    copy_pairs(cuda_params, params);
-    run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_kernel_sum_backward(cuda_params, stream); });
+    run_on_cuda(x, [&](cudaStream_t stream) { cuda::launch_kernel_sum_backward(as_cuda(params), stream); });
     return;
   }
 #endif

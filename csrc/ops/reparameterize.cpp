@@ -27,22 +27,6 @@ at::Tensor launch_forward(const at::Tensor& mu, const at::Tensor& logvar, std::o
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
   const at::Tensor eps_c = eps.has_value() ? eps->contiguous() : at::Tensor();
-#ifdef VAEFAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize", [&] {
-      ReparameterizeParams<cuda_scalar_t<scalar_t>> params;
-      params.mu = cuda_data<scalar_t>(mu_c);
-      params.logvar = cuda_data<scalar_t>(logvar_c);
-      params.eps = eps_c.defined() ? cuda_data<scalar_t>(eps_c) : nullptr;
-      params.z = cuda_mutable_data<scalar_t>(z);
-      params.numel = mu.numel();
-      params.num_samples = num_samples.value_or(1);
-      params.philox = philox;
-      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize(params, stream); });
-    });
-    return z;
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize", [&] {
     ReparameterizeParams<scalar_t> params;
     params.mu = mu_c.const_data_ptr<scalar_t>();
@@ -52,6 +36,12 @@ at::Tensor launch_forward(const at::Tensor& mu, const at::Tensor& logvar, std::o
     params.numel = mu.numel();
     params.num_samples = num_samples.value_or(1);
     params.philox = philox;
+#ifdef VAEFAST_WITH_CUDA
+    if (mu.is_cuda()) {
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize(as_cuda(params), stream); });
+      return;
+    }
+#endif
     cpu::reparameterize_forward(params);
   });
   return z;
@@ -104,22 +94,6 @@ at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& z
   const at::Tensor grad_c = grad_z.contiguous();
   const at::Tensor z_c = z.contiguous();
   const at::Tensor mu_c = mu.contiguous();
-#ifdef VAEFAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_backward",
-                                    [&] {
-      ReparameterizeBackwardParams<cuda_scalar_t<scalar_t>> params;
-      params.grad_z = cuda_data<scalar_t>(grad_c);
-      params.z = cuda_data<scalar_t>(z_c);
-      params.mu = cuda_data<scalar_t>(mu_c);
-      params.grad_logvar = cuda_mutable_data<scalar_t>(grad_logvar);
-      params.numel = mu.numel();
-      params.num_samples = num_samples;
-      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize_backward(params, stream); });
-    });
-    return grad_logvar;
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_backward",
                                   [&] {
     ReparameterizeBackwardParams<scalar_t> params;
@@ -129,6 +103,12 @@ at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& z
     params.grad_logvar = grad_logvar.mutable_data_ptr<scalar_t>();
     params.numel = mu.numel();
     params.num_samples = num_samples;
+#ifdef VAEFAST_WITH_CUDA
+    if (mu.is_cuda()) {
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize_backward(as_cuda(params), stream); });
+      return;
+    }
+#endif
     cpu::reparameterize_backward(params);
   });
   return grad_logvar;

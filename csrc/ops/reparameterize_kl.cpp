@@ -35,25 +35,6 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_per_sample(const at::Tensor
   if (z.numel() == 0) return {z, per_sample.zero_()};  // no features: a KL of zero per sample
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
-#ifdef VAEFAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_kl", [&] {
-      ReparameterizeKlParams<cuda_scalar_t<scalar_t>> params;
-      params.mu = cuda_data<scalar_t>(mu_c);
-      params.logvar = cuda_data<scalar_t>(logvar_c);
-      params.z = cuda_mutable_data<scalar_t>(z);
-      params.per_sample = cuda_mutable_data<scalar_t>(per_sample);
-      params.batch = view.batch;
-      params.features = view.features;
-      params.num_samples = num_samples.value_or(1);
-      params.philox = philox;
-      const Workspace workspace = cuda_workspace(cuda::reparameterize_kl_workspace_bytes(params), mu);
-      params.workspace = workspace.data();
-      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize_kl(params, stream); });
-    });
-    return {z, per_sample};
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_kl", [&] {
     ReparameterizeKlParams<scalar_t> params;
     params.mu = mu_c.const_data_ptr<scalar_t>();
@@ -64,6 +45,15 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_per_sample(const at::Tensor
     params.features = view.features;
     params.num_samples = num_samples.value_or(1);
     params.philox = philox;
+#ifdef VAEFAST_WITH_CUDA
+    if (mu.is_cuda()) {
+      auto cuda_params = as_cuda(params);
+      const Workspace workspace = cuda_workspace(cuda::reparameterize_kl_workspace_bytes(cuda_params), mu);
+      cuda_params.workspace = workspace.data();
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize_kl(cuda_params, stream); });
+      return;
+    }
+#endif
     cpu::reparameterize_kl_forward(params);
   });
   return {z, per_sample};
@@ -111,26 +101,6 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_backward(const at::Tensor& 
   const at::Tensor z_c = z.contiguous();
   const at::Tensor mu_c = mu.contiguous();
   const at::Tensor logvar_c = logvar.contiguous();
-#ifdef VAEFAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_kl_backward",
-                                    [&] {
-      ReparameterizeKlBackwardParams<cuda_scalar_t<scalar_t>> params;
-      params.grad_z = cuda_data<scalar_t>(grad_z_c);
-      params.grad_kl = cuda_data<scalar_t>(grad_kl_c);
-      params.z = cuda_data<scalar_t>(z_c);
-      params.mu = cuda_data<scalar_t>(mu_c);
-      params.logvar = cuda_data<scalar_t>(logvar_c);
-      params.grad_mu = cuda_mutable_data<scalar_t>(grad_mu);
-      params.grad_logvar = cuda_mutable_data<scalar_t>(grad_logvar);
-      params.batch = view.batch;
-      params.features = view.features;
-      params.num_samples = num_samples;
-      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize_kl_backward(params, stream); });
-    });
-    return {grad_mu, grad_logvar};
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "vaefast::reparameterize_kl_backward",
                                   [&] {
     ReparameterizeKlBackwardParams<scalar_t> params;
@@ -144,6 +114,12 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_backward(const at::Tensor& 
     params.batch = view.batch;
     params.features = view.features;
     params.num_samples = num_samples;
+#ifdef VAEFAST_WITH_CUDA
+    if (mu.is_cuda()) {
+      run_on_cuda(mu, [&](cudaStream_t stream) { cuda::launch_reparameterize_kl_backward(as_cuda(params), stream); });
+      return;
+    }
+#endif
     cpu::reparameterize_kl_backward(params);
   });
   return {grad_mu, grad_logvar};
