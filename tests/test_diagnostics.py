@@ -109,3 +109,13 @@ def test_diagnostics_report_the_optimal_gamma_in_effect():
     assert report["gamma"] == pytest.approx(expected, rel=1e-9)
     floored = VAE(VAEConfig(data_shape=(10,), latent_dim=4, hidden_dims=(8,), gamma="optimal", gamma_min=10.0))
     assert diagnostics(floored.double(), x, mmd_blocks=4)["gamma"] == 10.0
+
+
+def test_singular_values_of_non_finite_codes_are_nan():
+    """A diverged model's NaN codes give a NaN spectrum of the right length, not an exception."""
+    from vaefast.models.diagnostics import singular_values
+
+    z = torch.randn(7, 3)
+    z[int(torch.randint(0, 7, ())), int(torch.randint(0, 3, ()))] = float("nan")
+    values = singular_values(z)
+    assert values.shape == (3,) and bool(torch.isnan(values).all())

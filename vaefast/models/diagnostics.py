@@ -104,7 +104,11 @@ def singular_values(z: Tensor) -> Tensor:
     eigenvalues of the second moment z^T z / n, not centred (a shifted mean is a mismatch with N(0, I) too).
     N(0, I) gives values near 1 (spread about 1 +- sqrt(d / n) for finite n); codes on an r-dimensional
     manifold give r large values and the rest near 0."""
-    return torch.linalg.svdvals(z.detach().double() / math.sqrt(z.shape[0]))
+    z = z.detach().double()
+    if not bool(torch.isfinite(z).all()):
+        # A diverged model's codes: NaN values, as the other metrics report it (svdvals would raise instead).
+        return torch.full((min(z.shape),), math.nan, dtype=torch.float64, device=z.device)
+    return torch.linalg.svdvals(z / math.sqrt(z.shape[0]))
 
 
 @torch.no_grad()
