@@ -81,3 +81,38 @@ def test_mnist_configs_refuse_to_run_without_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(two_stage_mnist, "MNIST_DIRS", ())
     with pytest.raises(SystemExit, match="needs MNIST"):
         two_stage_mnist.main(["--config", "cpu60k", "--out", str(tmp_path), "--data-dir", str(tmp_path)])
+
+
+def test_gamma_check_compares_learned_gamma_with_the_decoders_optimum(tmp_path, capsys):
+    """experiments.gamma_check on a tiny vae-learned run: it prints the checkpoint's own gamma, the decoder's
+    sqrt(MSE) recomputed here independently, and Adam's limit as the running sum of the logged lr."""
+    import json
+    import math
+    import re
+
+    from experiments import gamma_check
+    from vaefast.data import load_dataset
+    from vaefast.models import VAE, VAEConfig
+    from vaefast.models.diagnostics import latent_codes
+
+    run_tiny(tmp_path, "results", models="vae-learned")
+    run_dir = tmp_path / "results-work" / "vae-learned-s0"
+    capsys.readouterr()
+    assert gamma_check.main([str(run_dir), "--data", "digits", "--every", "1"]) == 0
+    printed = capsys.readouterr().out
+    checkpoint = vaefast.train.load_checkpoint(run_dir / "checkpoint.pt")
+    model = VAE(VAEConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    x, _ = load_dataset("digits")
+    z = latent_codes(model, x, generator=torch.Generator().manual_seed(0))["z"]
+    with torch.no_grad():
+        mse = float((x - model.decode(z)).double().pow(2).mean())
+    assert f"learned gamma {float(model.gamma):.4f}" in printed
+    assert f"{math.sqrt(mse):.4f} at sampled codes" in printed
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    limit = sum(r["lr"] * (r["step"] - p["step"]) for p, r in zip([{"step": 0}] + records[:-1], records))
+    row = re.search(rf"^\s*{last['step']}\s+(\S+)\s+(\S+)$", printed, re.M)
+    assert row and float(row.group(1)) == pytest.approx(math.log(last["gamma"]), abs=1e-3)
+    assert float(row.group(2)) == pytest.approx(-limit, abs=1e-3)
