@@ -147,9 +147,8 @@ def main(argv=None):
     notes = [f"{args.repeats} round-robin repeats per (condition, threads); a sample lasts >= 50 ms",
              "busy: one `python -c 'while True: pass'` process started by the benchmark, on "
              f"{len(os.sched_getaffinity(0))} cores", *args.note]
-    # The quiet columns need a quiet machine: the load before the run, less nothing of ours (it had not
-    # started), shows whether other jobs were running.
-    warning = harness.load_warning(load_start, threads=0)
+    # The run's own 2 threads and its competitor count in the load average (it is also read at the end).
+    warning = harness.load_warning(load_start, threads=3)
     if warning:
         notes.append(warning)
     os.makedirs(args.out, exist_ok=True)
