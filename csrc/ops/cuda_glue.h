@@ -14,26 +14,10 @@
 #include <type_traits>
 
 #include "../cuda/launchers.h"
+#include "cuda_scalar.h"
 
 namespace vaefast {
 namespace ops {
-
-// The CUDA type the launchers are instantiated for: c10::Half and c10::BFloat16 have the bit layout, size
-// and alignment of __half and __nv_bfloat16 (see cuda/launchers.h).
-template <typename T>
-struct CudaScalar {
-  using type = T;
-};
-template <>
-struct CudaScalar<c10::Half> {
-  using type = __half;
-};
-template <>
-struct CudaScalar<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
-template <typename T>
-using cuda_scalar_t = typename CudaScalar<T>::type;
 
 // A params struct filled once for torch's element type (what the CPU kernels take), as the CUDA launchers
 // take it: the same struct template on the CUDA element type. The two instantiations differ only in the

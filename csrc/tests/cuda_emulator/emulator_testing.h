@@ -19,26 +19,15 @@
 #include "cpu_kernel_testing.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/launchers.h"
+#include "ops/cuda_scalar.h"
 #include "test_main.h"
 
 namespace vaefast {
 namespace testing {
 
-// The CUDA storage type of a test's element type (same size, alignment and bits: the glue's reinterpret_cast).
+// The CUDA storage type of a test's element type: the glue's mapping (ops/cuda_scalar.h).
 template <typename T>
-struct CudaStorage {
-  using type = T;
-};
-template <>
-struct CudaStorage<c10::Half> {
-  using type = __half;
-};
-template <>
-struct CudaStorage<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
-template <typename T>
-using cuda_t = typename CudaStorage<T>::type;
+using cuda_t = ops::cuda_scalar_t<T>;
 
 template <typename T>
 cuda_t<T>* cuda_pointer(T* p) {
